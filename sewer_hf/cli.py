@@ -1,0 +1,53 @@
+"""`sewer-hf` command line. Each sub-command lives in the module that owns its idea;
+this file only maps names to ``module:add_arguments`` functions, imported when needed."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from sewer_hf.errors import SewerHFError
+
+# name -> (module, function that adds arguments and sets `func`, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "synth": ("sewer_hf.synth", "add_synth_arguments", "write a synthetic Sewer-ML dataset"),
+    "check-data": ("sewer_hf.data", "add_check_data_arguments", "scan a split, list unreadable images"),
+    "prepare": ("sewer_hf.prepare", "add_prepare_arguments", "write resized Parquet shards of a split"),
+    "evaluate": ("sewer_hf.metrics.cli", "add_evaluate_arguments", "score a scores.csv against annotations"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sewer-hf", description="Sewer-ML defect classification tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = None
+    if argv:
+        wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Import only the module of the command being run (keeps `sewer-hf --help` fast).
+        if wanted is None or wanted == name:
+            getattr(importlib.import_module(module), fn)(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        result = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SewerHFError as exc:  # clear message, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
