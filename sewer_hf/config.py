@@ -1,0 +1,271 @@
+"""Training configurations: the paper's defaults in one place, YAML files, `--key value` overrides.
+
+A recipe reads `--config FILE.yaml` and then any number of `--key value` pairs, each naming a
+field of the config dataclass. Unknown keys and values of the wrong type are errors that name
+the key, the file and what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import yaml
+
+from sewer_hf.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunConfig:
+    """Keys every recipe shares: data, loop length, precision, logging and checkpoints."""
+
+    # --- data -----------------------------------------------------------------------------
+    data: Optional[str] = None  # Sewer-ML root, prepared shards, datasets dir, parquet, imagefolder; None = synthetic
+    split: str = "Train"
+    val_split: str = "Val"  # held-out split of the same `data`, if present
+    synthetic_train: int = 512  # size of the auto-generated synthetic set when `data` is None
+    synthetic_val: int = 128
+    synthetic_size: Optional[str] = "352x288"
+    num_workers: int = 2
+    # --- model ----------------------------------------------------------------------------
+    arch: str = "vit_tiny"  # vit_tiny (ViT-T/16) or vit_small (ViT-S/16)
+    image_size: int = 224  # paper: 224
+    drop_path_rate: float = 0.1
+    # --- loop -----------------------------------------------------------------------------
+    epochs: int = 35
+    max_steps: Optional[int] = None  # stop early after this many optimizer steps
+    batch_size: int = 64  # per device; paper: the largest that fits a T4
+    gradient_accumulation_steps: int = 1
+    # --- precision and speed ------------------------------------------------------------------
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    compile: bool = False
+    seed: int = 0
+    # --- logging, checkpoints, release ----------------------------------------------------------
+    output_dir: str = "runs/run"
+    log_every: int = 10
+    report_to: Optional[str] = "tensorboard"  # accelerate tracker name, or none
+    save_every_steps: int = 500
+    keep_last: int = 3
+    resume_from_checkpoint: Optional[str] = None  # "latest" or a checkpoint folder
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+
+    def validate(self) -> None:
+        _check_choice("arch", self.arch, ("vit_tiny", "vit_small", "vit_tiny_patch16_224", "vit_small_patch16_224"))
+        _check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        _check_positive(self, "epochs", "batch_size", "image_size", "gradient_accumulation_steps",
+                        "save_every_steps", "keep_last", "log_every")
+        if self.image_size % 16:
+            raise ConfigError(f"image_size={self.image_size}: expected a multiple of the patch size 16")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"max_steps={self.max_steps}: expected a positive number or none")
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """DINO pretraining. Defaults are the paper's (Sec. 3 and App. A) or, where it is silent,
+    the official DINO recipe's; each says which."""
+
+    output_dir: str = "runs/pretrain"
+    epochs: int = 35  # paper
+    # --- DINO head ------------------------------------------------------------------------
+    out_dim: int = 32768  # paper: 32,768 prototypes
+    hidden_dim: int = 2048  # paper: projector MLP 2048-2048-256
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True  # DINO default; official ViT-S recipe trains it (False)
+    # --- views ----------------------------------------------------------------------------
+    global_crop_scale: tuple[float, float] = (0.5, 1.0)  # paper App. A
+    n_local_crops: int = 0  # paper: two global views only, no multi-crop
+    local_crop_size: int = 96
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    gpu_augment: bool = False  # augment batches on the accelerator (prepared shards)
+    # --- optimisation ---------------------------------------------------------------------
+    base_lr: float = 5e-5  # paper: lr = 5e-5 * global_batch / 256
+    warmup_epochs: float = 10  # paper: linear warm-up for 10 epochs ...
+    start_warmup_lr: float = 3e-5  # ... starting at 3e-5
+    min_lr: float = 1e-6  # paper: cosine to 1e-6
+    weight_decay: float = 0.04  # DINO: cosine 0.04 -> 0.4
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996  # paper: tau 0.996 -> 0.999
+    momentum_teacher_end: float = 0.999
+    warmup_teacher_temp: float = 0.04  # DINO: 0.04 -> 0.07 (<= 0.07, above is unstable)
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: int = 30
+    student_temp: float = 0.1  # DINO
+    center_momentum: float = 0.9  # DINO
+    clip_grad: float = 3.0  # DINO
+    freeze_last_layer: int = 1  # DINO: last layer frozen during epoch 0
+    # --- hybrid pretraining (paper Table 2: DINO + class-weighted BCE) --------------------------
+    hybrid: bool = False
+    hybrid_weight: float = 1.0  # loss = dino + hybrid_weight * BCE(pos_weight)
+    # --- monitoring -----------------------------------------------------------------------
+    rankme_samples: int = 256  # fixed held-out frames for per-epoch RankMe / teacher entropy
+    knn_eval: bool = True  # kNN (k=20, T=0.07) of the final teacher vs random init
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    knn_max_train: int = 5000
+    save_rank_states: bool = False  # each process writes its teacher + center (multi-process checks)
+
+    def validate(self) -> None:
+        super().validate()
+        _check_positive(self, "out_dim", "hidden_dim", "bottleneck_dim")
+        if self.teacher_temp > 0.07 + 1e-12:
+            raise ConfigError(f"teacher_temp={self.teacher_temp}: DINO is unstable above 0.07")
+        if self.hybrid and self.hybrid_weight < 0:
+            raise ConfigError(f"hybrid_weight={self.hybrid_weight}: expected >= 0")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r}: expected a positive number")
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """Fine-tuning, linear probe and the fully supervised baseline (paper Sec. 3, Tables 1-2)."""
+
+    output_dir: str = "runs/finetune"
+    backbone: Optional[str] = None  # a pretrained `backbone/` folder; None = from scratch (supervised)
+    linear_probe: bool = False  # freeze the backbone, train the head only
+    fraction: float = 1.0  # paper: 0.1, 0.5 or 1.0 of the labelled train split (stratified)
+    epochs: int = 45  # paper
+    base_lr: float = 5e-4  # paper: lr = 5e-4 * global_batch / 256
+    lr_milestones: tuple[int, int] = (15, 35)  # paper: MultiStep at epochs 15 and 35 ...
+    lr_gamma: float = 0.1  # ... with gamma 0.1
+    weight_decay: float = 0.05  # not given by the paper; timm's usual ViT fine-tuning value
+    clip_grad: float = 0.0  # 0 = no clipping (the paper mentions none)
+    tune_thresholds: bool = True  # per-class thresholds fitted on val, stored with the model
+    eval_every_epochs: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 < self.fraction <= 1.0:
+            raise ConfigError(f"fraction={self.fraction}: expected a value in (0, 1], e.g. 0.1, 0.5 or 1.0")
+        if self.linear_probe and not self.backbone:
+            raise ConfigError("linear_probe needs --backbone DIR (a pretrained backbone/ folder)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading: YAML file + command-line overrides, type-checked against the dataclass.
+# ------------------------------------------------------------------------------------------------
+
+def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
+    """Convert `value` to the field's declared type or raise a ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0], source)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{source}: {name}={value!r}: expected {len(args)} values, e.g. 0.5,1.0")
+        return tuple(_coerce(name, v, a, source) for v, a in zip(value, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{source}: {name}={value!r}: expected true or false")
+    if annotation in (int, float):
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {name}={value!r}: expected a number")
+        if annotation is int:
+            if float(value) != int(value):
+                raise ConfigError(f"{source}: {name}={value!r}: expected a whole number")
+            return int(value)
+        return float(value)
+    if annotation is str:
+        return str(value)
+    return value
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def parse_overrides(argv: list[str]) -> tuple[Optional[str], dict[str, str]]:
+    """Split `--config FILE --key value --flag ...` into the config path and raw overrides."""
+    config_path = None
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}: expected --key value")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 2
+        else:  # a bare flag means true
+            value = "true"
+            i += 1
+        key = key.replace("-", "_")
+        if key == "config":
+            config_path = value
+        else:
+            overrides[key] = value
+    return config_path, overrides
+
+
+def load_config(cls: type[T], config_path: Optional[str] = None, overrides: Optional[dict[str, Any]] = None) -> T:
+    """Build `cls` from a YAML file and overrides; every key must be a field of `cls`."""
+    known = _fields(cls)
+    values: dict[str, Any] = {}
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value")
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+            values[key] = _coerce(key, value, known[key], str(path))
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown option --{key}; known options: {', '.join('--' + k for k in sorted(known))}")
+        values[key] = _coerce(key, value, known[key], "command line")
+    cfg = cls(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def config_from_argv(cls: type[T], argv: list[str]) -> T:
+    config_path, overrides = parse_overrides(argv)
+    return load_config(cls, config_path, overrides)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,182 @@
+"""DINO self-distillation (Caron et al. 2021): the loss with its centre, schedules, the EMA
+teacher update, and RankMe. Mirrors the official ``main_dino.py`` / ``utils.py``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+# DINO paper defaults (SPEC §4).
+STUDENT_TEMP = 0.1
+CENTER_MOMENTUM = 0.9
+RANKME_EPS = 1e-7
+
+
+class DINOLoss(nn.Module):
+    """Cross-entropy between the centred, sharpened teacher and the student, over all
+    (teacher view, student view) pairs except same-view pairs, averaged.
+
+    ``student_output``: (n_crops*B, K), crops in order, the first ``n_global_crops`` being the
+    global views the teacher saw; ``teacher_output``: (n_global_crops*B, K). ``forward`` also
+    updates the centre (as the official code does) unless ``center_update=False``, and leaves
+    collapse-monitoring values (detached float tensors) in ``last_teacher_entropy`` (mean
+    entropy of the teacher distributions; 0 = one-hot collapse, ln K = uniform collapse) and
+    ``last_kl`` (mean KL(teacher || student) over the pairs = loss - mean teacher entropy).
+    """
+
+    def __init__(
+        self,
+        out_dim: int,
+        n_global_crops: int = 2,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp_epochs: int = 30,
+        n_epochs: int = 100,
+        student_temp: float = STUDENT_TEMP,
+        center_momentum: float = CENTER_MOMENTUM,
+    ):
+        super().__init__()
+        if n_epochs < 1 or warmup_teacher_temp_epochs < 0:
+            raise ConfigError(f"need n_epochs >= 1 and warmup epochs >= 0, got {n_epochs}, {warmup_teacher_temp_epochs}")
+        self.n_global_crops = n_global_crops
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        # Per epoch: linear warm-up (endpoints included, like np.linspace), then constant.
+        warmup = np.linspace(warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs)
+        rest = np.full(max(n_epochs - warmup_teacher_temp_epochs, 0), teacher_temp)
+        self.teacher_temp_schedule = np.concatenate((warmup, rest))[:n_epochs]
+        self.last_teacher_entropy = torch.tensor(float("nan"))
+        self.last_kl = torch.tensor(float("nan"))
+
+    def teacher_temp_at(self, epoch: int) -> float:
+        """Teacher temperature of an epoch (epochs past the schedule keep its last value)."""
+        index = min(max(int(epoch), 0), len(self.teacher_temp_schedule) - 1)
+        return float(self.teacher_temp_schedule[index])
+
+    def forward(self, student_output, teacher_output, epoch: int, center_update: bool = True):
+        # fp32: the softmaxes over 32k prototypes are unsafe in fp16.
+        student_output, teacher_output = student_output.float(), teacher_output.float()
+        batch = teacher_output.shape[0] // self.n_global_crops
+        if batch < 1 or batch * self.n_global_crops != teacher_output.shape[0] or student_output.shape[0] % batch:
+            raise ValueError(
+                f"teacher output has {teacher_output.shape[0]} rows for {self.n_global_crops} global crops "
+                f"and student output {student_output.shape[0]} rows; both must be multiples of the batch size"
+            )
+        student_logp = F.log_softmax(student_output / self.student_temp, dim=-1).chunk(student_output.shape[0] // batch)
+        teacher_logp = F.log_softmax((teacher_output - self.center) / self.teacher_temp_at(epoch), dim=-1).detach()
+        teacher_p = teacher_logp.exp().chunk(self.n_global_crops)
+        teacher_entropy = [-(q * lq).sum(-1).mean() for q, lq in zip(teacher_p, teacher_logp.chunk(self.n_global_crops))]
+
+        total, n_terms, entropy_sum = 0.0, 0, 0.0
+        for iq, q in enumerate(teacher_p):
+            for v, logp in enumerate(student_logp):
+                if v == iq:  # same view: skip
+                    continue
+                total = total + torch.sum(-q * logp, dim=-1).mean()
+                entropy_sum = entropy_sum + teacher_entropy[iq]
+                n_terms += 1
+        loss = total / n_terms
+        self.last_teacher_entropy = torch.stack(teacher_entropy).mean().detach()
+        self.last_kl = (loss - entropy_sum / n_terms).detach()
+        if center_update:
+            self.update_center(teacher_output)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        """EMA of the batch mean of the teacher outputs, averaged over all processes."""
+        batch_center = teacher_output.float().mean(dim=0, keepdim=True)
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_center)  # sum of per-process means
+            batch_center = batch_center / dist.get_world_size()
+        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+
+
+def cosine_schedule(
+    base_value: float,
+    final_value: float,
+    epochs: int,
+    niter_per_epoch: int,
+    warmup_epochs: int = 0,
+    start_warmup_value: float = 0.0,
+) -> np.ndarray:
+    """One value per iteration: linear warm-up from ``start_warmup_value`` to ``base_value``
+    over ``warmup_epochs``, then a half cosine from ``base_value`` to ``final_value``
+    (official ``cosine_scheduler``). When the run is shorter than the warm-up, the warm-up is cut."""
+    if epochs < 0 or niter_per_epoch < 1 or warmup_epochs < 0:
+        raise ConfigError(
+            f"schedule needs epochs >= 0, niter_per_epoch >= 1, warmup_epochs >= 0; "
+            f"got {epochs}, {niter_per_epoch}, {warmup_epochs}"
+        )
+    total = int(epochs * niter_per_epoch)
+    warmup_iters = int(warmup_epochs * niter_per_epoch)
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters)[:total]
+    iters = np.arange(total - len(warmup))
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
+    return np.concatenate((warmup, cosine))
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Trainable parameters split into a decayed group and a no-decay group (biases, 1-d
+    params such as norms). The weight-decay schedule applies to group 0 only."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Strip DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(module, nn.parallel.DistributedDataParallel) or type(module).__name__ == "DataParallel":
+            module = module.module
+        elif hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter (by name)."""
+    teacher, student = unwrap(teacher), unwrap(student)
+    student_params = dict(student.named_parameters())
+    t_params, s_params = [], []
+    for name, t in teacher.named_parameters():
+        s = student_params.get(name)
+        if s is None or s.shape != t.shape:
+            raise ValueError(f"teacher parameter {name!r} has no student counterpart of shape {tuple(t.shape)}")
+        t_params.append(t)
+        s_params.append(s.detach().to(t.dtype))
+    torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
+
+
+def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_last_layer_epochs: int = 1) -> None:
+    """Drop the prototype layer's gradients during the first epochs (official DINO trick)."""
+    if epoch >= freeze_last_layer_epochs:
+        return
+    for name, param in model.named_parameters():
+        if "last_layer" in name:
+            param.grad = None
+
+
+@torch.no_grad()
+def rankme(embeddings: torch.Tensor, eps: float = RANKME_EPS) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values
+    of the (N, D) embedding matrix; between 1 and min(N, D)."""
+    if embeddings.ndim != 2 or min(embeddings.shape) == 0:
+        raise ValueError(f"rankme needs a non-empty (N, D) matrix, got shape {tuple(embeddings.shape)}")
+    sigma = torch.linalg.svdvals(embeddings.detach().double())
+    p = sigma / sigma.sum() + eps
+    value = torch.exp(-(p * torch.log(p)).sum()).item()
+    return value if math.isfinite(value) else float("nan")

@@ -1,0 +1,435 @@
+"""The paper's augmentations (App. A) on whole batches of uint8 images on the training device.
+
+The CPU reference (``sewer_hf.augment``, PIL per image) feeds only ~10-25 img/s per core, far
+below what one GPU trains at (SPEC §6). Here every sample of a (B,3,H,W) uint8 batch gets its
+own random parameters, drawn as tensors, and each operation is one vectorised torch call over
+the batch: crops, flips and rotations are one ``affine_grid``/``grid_sample`` each, per-sample
+blur is a grouped convolution, equalize/autocontrast use per-image histograms / extrema. A
+sample that skips an operation gets the operation's identity parameters (factor 1, hue shift 0,
+a delta kernel, a false mask), so there is no per-sample Python loop and no host-device sync.
+
+Both modules read the same config dataclasses as the CPU transforms (one source of the paper's
+values). Pass a ``torch.Generator`` on the batch's device for reproducible draws.
+
+Differences from the CPU reference, by design: bicubic sampling uses torch's kernel (a=-0.75,
+PIL's is a=-0.5), and large inputs are first shrunk with antialiasing to the resolution the
+smallest crop needs (grid_sample itself does not antialias); photometric ops work on floats,
+with values rounded to the 256 uint8 levels before equalize/solarize, whose meaning needs them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, _override
+from sewer_hf.errors import ConfigError, DataError
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
+CROP_TRIES = 10  # torchvision's RandomResizedCrop / RandomErasing redraw up to 10 times
+
+
+# ----------------------------------------------------------------------------- random draws
+def _uniform(shape, low: float, high: float, generator, device) -> Tensor:
+    return torch.rand(shape, generator=generator, device=device) * (high - low) + low
+
+
+def _coin(n: int, p: float, generator, device) -> Tensor:
+    """Per-sample Bernoulli(p) as a bool tensor (always draws, so streams stay aligned)."""
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def _first_valid(values: Tensor, ok: Tensor) -> Tensor:
+    """values[:, first try where ok] per row (row 0's value when no try is valid)."""
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
+    return values.gather(1, first).squeeze(1)
+
+
+def sample_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    generator: torch.Generator | None = None,
+    device=None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``n`` RandomResizedCrop boxes (top, left, h, w) in pixels, drawn as torchvision does:
+    area fraction ~ U(scale), log aspect ~ U(log ratio), up to 10 tries, else a centre crop."""
+    area = height * width
+    target = area * _uniform((n, CROP_TRIES), scale[0], scale[1], generator, device)
+    aspect = torch.exp(_uniform((n, CROP_TRIES), math.log(ratio[0]), math.log(ratio[1]), generator, device))
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    found = ok.any(dim=1)
+    w, h = _first_valid(w, ok), _first_valid(h, ok)
+
+    # torchvision's fallback: the largest centred crop with an allowed aspect ratio.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fallback_w, fallback_h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fallback_w, fallback_h = round(height * max(ratio)), height
+    else:
+        fallback_w, fallback_h = width, height
+    w = torch.where(found, w, torch.full_like(w, fallback_w))
+    h = torch.where(found, h, torch.full_like(h, fallback_h))
+
+    top = torch.floor(torch.rand(n, generator=generator, device=device) * (height - h + 1))
+    left = torch.floor(torch.rand(n, generator=generator, device=device) * (width - w + 1))
+    top = torch.where(found, top, (height - h).div(2, rounding_mode="floor"))
+    left = torch.where(found, left, (width - w).div(2, rounding_mode="floor"))
+    return top, left, h, w
+
+
+def sample_erase_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    generator: torch.Generator | None = None,
+    device=None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``n`` RandomErasing boxes (top, left, h, w, found), drawn as torchvision does (note: its
+    aspect ratio is h/w, and a box must be strictly smaller than the image)."""
+    area = height * width
+    target = area * _uniform((n, CROP_TRIES), scale[0], scale[1], generator, device)
+    aspect = torch.exp(_uniform((n, CROP_TRIES), math.log(ratio[0]), math.log(ratio[1]), generator, device))
+    h = torch.sqrt(target * aspect).round()
+    w = torch.sqrt(target / aspect).round()
+    ok = (h < height) & (w < width)
+    found = ok.any(dim=1)
+    h, w = _first_valid(h, ok), _first_valid(w, ok)
+    top = torch.floor(torch.rand(n, generator=generator, device=device) * (height - h + 1).clamp_min(1))
+    left = torch.floor(torch.rand(n, generator=generator, device=device) * (width - w + 1).clamp_min(1))
+    return top, left, h, w, found
+
+
+# ----------------------------------------------------------------------------- geometry
+def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, flip: Tensor, size: int, mode="bicubic") -> Tensor:
+    """Per-sample crop (pixel boxes) + optional horizontal flip + resize to (size, size), in one
+    ``grid_sample``. With align_corners=False, output pixel centres land on the crop's grid."""
+    b, c, height, width = x.shape
+    sign = 1.0 - 2.0 * flip.to(x.dtype)
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = sign * w / width
+    theta[:, 0, 2] = (2 * left + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * top + h) / height - 1
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0.0, 1.0)
+
+
+def rotate(x: Tensor, degrees: Tensor, mode: str = "bilinear", fill: float = 0.0) -> Tensor:
+    """Per-sample rotation about the centre, counter-clockwise for positive angles (as
+    torchvision's ``rotate``); outside pixels become ``fill``."""
+    b, c, height, width = x.shape
+    rad = torch.deg2rad(degrees.to(x.dtype))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+    # Output -> input map in pixels is R(+angle); normalised coords scale x by W/2 and y by H/2.
+    theta[:, 0, 0] = cos
+    theta[:, 0, 1] = -sin * height / width
+    theta[:, 1, 0] = sin * width / height
+    theta[:, 1, 1] = cos
+    grid = F.affine_grid(theta, [b, c, height, width], align_corners=False)
+    out = F.grid_sample(x - fill, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out.add_(fill)
+
+
+def horizontal_flip(x: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+# ----------------------------------------------------------------------------- colour
+def _per_sample(values: Tensor) -> Tensor:
+    return values.view(-1, 1, 1, 1)
+
+
+def grayscale_of(x: Tensor) -> Tensor:
+    r, g, b = x.unbind(dim=1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
+    return (x * _per_sample(factor)).clamp_(0.0, 1.0)
+
+
+def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
+    f = _per_sample(factor)
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    return _blend(x, grayscale_of(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+
+
+def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
+    return _blend(x, grayscale_of(x), factor)
+
+
+def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate hue by ``shift`` (fraction of the circle, in [-0.5, 0.5]) per sample.
+
+    Same result as an RGB -> HSV -> RGB round trip (PIL / torchvision), in closed form: a hue
+    rotation keeps each pixel's max (V) and min channel, and each output channel is
+    min + (max - min) * profile_c(hue), with the piecewise-linear hue profiles of HSV."""
+    r, g, b = x.unbind(dim=1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    spread = maxc - minc
+    divisor = torch.where(spread > 0, spread, torch.ones_like(spread))
+    # Hue in sixths of the circle, sector by sector (grey pixels: any hue, spread is 0).
+    hue6 = torch.where(
+        maxc == r,
+        torch.remainder((g - b) / divisor, 6.0),
+        torch.where(maxc == g, (b - r) / divisor + 2.0, (r - g) / divisor + 4.0),
+    )
+    hue6 = torch.remainder(hue6 + 6.0 * shift.view(-1, 1, 1), 6.0)
+    red = ((hue6 - 3.0).abs() - 1.0).clamp_(0.0, 1.0)
+    green = (2.0 - (hue6 - 2.0).abs()).clamp_(0.0, 1.0)
+    blue = (2.0 - (hue6 - 4.0).abs()).clamp_(0.0, 1.0)
+    profile = torch.stack((red, green, blue), dim=1)
+    return minc.unsqueeze(1) + spread.unsqueeze(1) * profile
+
+
+def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None) -> Tensor:
+    """torchvision's ColorJitter inside RandomApply(p), with per-sample factors and a
+    per-sample random order of the four adjustments."""
+    n, device = x.shape[0], x.device
+    bright, contrast, saturation, hue = strengths
+    apply = _coin(n, p, generator, device)
+
+    def factor(strength: float) -> Tensor:
+        drawn = _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
+        return torch.where(apply, drawn, torch.ones_like(drawn))
+
+    factors = [factor(bright), factor(contrast), factor(saturation)]
+    drawn_hue = _uniform(n, -hue, hue, generator, device)
+    shift = torch.where(apply, drawn_hue, torch.zeros_like(drawn_hue))
+    order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)
+    # A zero strength draws factor 1 (identity): skip that op's passes entirely.
+    ops = [(op_id, op, f) for op_id, (op, f, strength) in enumerate(
+        zip((adjust_brightness, adjust_contrast, adjust_saturation), factors, (bright, contrast, saturation))
+    ) if strength > 0]
+    for position in range(4):
+        # Every op runs at every position; samples whose op is elsewhere get identity params.
+        here = order[:, position]
+        for op_id, op, f in ops:
+            x = op(x, torch.where(here == op_id, f, torch.ones_like(f)))
+        if hue > 0:
+            x = adjust_hue(x, torch.where(here == 3, shift, torch.zeros_like(shift)))
+    return x
+
+
+def random_grayscale(x: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(_per_sample(mask), grayscale_of(x).expand_as(x), x)
+
+
+def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
+    """(B, K) normalised 1-d Gaussian kernels, one per sample (torchvision's formula)."""
+    offsets = torch.arange(kernel_size, dtype=sigma.dtype, device=sigma.device) - (kernel_size - 1) / 2
+    logits = -(offsets.pow(2)) / (2.0 * sigma.view(-1, 1).pow(2))
+    return torch.softmax(logits, dim=1)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor | None = None) -> Tensor:
+    """Separable Gaussian blur with a per-sample sigma (reflect padding, like torchvision), as
+    two grouped convolutions. Samples outside ``mask`` get a delta kernel (exact identity)."""
+    b, c, height, width = x.shape
+    kernels = gaussian_kernels(sigma.to(x.dtype), kernel_size)
+    if mask is not None:
+        delta = torch.zeros_like(kernels)
+        delta[:, kernel_size // 2] = 1.0
+        kernels = torch.where(mask.view(-1, 1), kernels, delta)
+    weight = kernels.repeat_interleave(c, dim=0)  # (B*C, K): one filter per image channel
+    pad = kernel_size // 2
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, b * c, height + 2 * pad, width + 2 * pad)
+    out = F.conv2d(padded, weight.view(b * c, 1, kernel_size, 1), groups=b * c)
+    out = F.conv2d(out, weight.view(b * c, 1, 1, kernel_size), groups=b * c)
+    return out.view(b, c, height, width)
+
+
+def quantize(x: Tensor) -> Tensor:
+    """Round to the 256 uint8 levels (what a uint8 pipeline holds between operations)."""
+    return x.mul(255.0).round_().div_(255.0)
+
+
+def equalize(x: Tensor, mask: Tensor) -> Tensor:
+    """PIL/torchvision histogram equalisation per image and channel (x holds uint8 levels)."""
+    from torchvision.transforms.v2.functional import equalize as tv_equalize
+
+    levels = x.mul(255.0).round_().to(torch.uint8)
+    # torchvision's kernel already works per (image, channel): histograms via scatter_add.
+    equalized = tv_equalize(levels).to(x.dtype).div_(255.0)
+    return torch.where(_per_sample(mask), equalized, x)
+
+
+def autocontrast(x: Tensor, mask: Tensor) -> Tensor:
+    """Stretch each channel of each image to [0, 1] (torchvision's autocontrast)."""
+    low = x.amin(dim=(-2, -1), keepdim=True)
+    high = x.amax(dim=(-2, -1), keepdim=True)
+    flat = high == low
+    scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low).clamp_min(1e-12))
+    low = torch.where(flat, torch.zeros_like(low), low)
+    stretched = ((x - low) * scale).clamp_(0.0, 1.0)
+    return torch.where(_per_sample(mask), stretched, x)
+
+
+def solarize(x: Tensor, mask: Tensor, threshold: int = 128) -> Tensor:
+    """Invert values >= threshold (on the 0..255 scale); x holds uint8 levels, so the
+    comparison sits half a level below the threshold to be immune to float rounding."""
+    hit = _per_sample(mask) & (x >= (threshold - 0.5) / 255.0)
+    return torch.where(hit, 1.0 - x, x)
+
+
+def random_erase(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, mask: Tensor, value: float = 0.0) -> Tensor:
+    rows = torch.arange(x.shape[-2], device=x.device, dtype=top.dtype).view(1, -1, 1)
+    cols = torch.arange(x.shape[-1], device=x.device, dtype=top.dtype).view(1, 1, -1)
+    inside = (rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
+    inside = inside & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1))
+    inside = inside & mask.view(-1, 1, 1)
+    return torch.where(inside.unsqueeze(1), torch.full_like(x, value), x)
+
+
+# ----------------------------------------------------------------------------- modules
+def _as_float_batch(images: Tensor) -> Tensor:
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise DataError(f"augment batch is {got}: expected a uint8 tensor (B, 3, H, W)")
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.float().div_(255.0)
+
+
+def _check_generator(generator, device: torch.device) -> None:
+    if generator is not None and generator.device.type != device.type:
+        raise ConfigError(
+            f"generator is on {generator.device}, the batch on {device}: create it with torch.Generator(device='{device.type}')"
+        )
+
+
+class _Normalize(nn.Module):
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class GPUPretrainAugment(nn.Module):
+    """uint8 (B,3,H,W) batch -> list of float (B,3,size,size) views: 2 global, then
+    ``n_local_crops`` local, each sample with its own random parameters (paper App. A).
+
+    Arguments left as None come from ``config`` (default ``PretrainAugConfig()``).
+    ``antialias_prescale``: shrink a large batch once (antialiased) so the smallest crop maps
+    about 1:1 to the output; crops are drawn on the shrunk image (same fractions)."""
+
+    n_global_views = 2
+
+    def __init__(
+        self,
+        size: int | None = None,
+        scale: tuple[float, float] | None = None,
+        n_local_crops: int | None = None,
+        local_size: int | None = None,
+        local_scale: tuple[float, float] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        config: PretrainAugConfig | None = None,
+        antialias_prescale: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = _override(
+            config or PretrainAugConfig(),
+            size=size, scale=scale, n_local_crops=n_local_crops, local_size=local_size, local_scale=local_scale,
+            mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
+        )
+        self.antialias_prescale = antialias_prescale
+        self.normalize = _Normalize(self.config.mean, self.config.std)
+
+    def _needed_short_side(self) -> float:
+        cfg = self.config
+        kinds = [(cfg.size, cfg.scale[0])] + ([(cfg.local_size, cfg.local_scale[0])] if cfg.n_local_crops else [])
+        return max(size / math.sqrt(max(low, 1e-6)) for size, low in kinds)
+
+    def _prescale(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        needed = self._needed_short_side()
+        if not self.antialias_prescale or min(height, width) <= needed:
+            return x
+        factor = needed / min(height, width)
+        target = (max(1, round(height * factor)), max(1, round(width * factor)))
+        return F.interpolate(x, size=target, mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+
+    def view(self, x: Tensor, size: int, scale: Sequence[float], generator=None) -> Tensor:
+        """One augmented view of a float [0, 1] batch (already prescaled)."""
+        cfg = self.config
+        n, device = x.shape[0], x.device
+        top, left, h, w = sample_crop_boxes(n, x.shape[-2], x.shape[-1], scale, cfg.ratio, generator, device)
+        flip = _coin(n, cfg.flip_p, generator, device)
+        x = resized_crop(x, top, left, h, w, flip, size, mode=cfg.interpolation)
+        x = color_jitter(x, cfg.color_jitter, cfg.color_jitter_p, generator)
+        x = random_grayscale(x, _coin(n, cfg.grayscale_p, generator, device))
+        sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, device)
+        x = gaussian_blur(x, sigma, cfg.blur_kernel_size, mask=_coin(n, cfg.blur_p, generator, device))
+        x = quantize(x)
+        x = equalize(x, _coin(n, cfg.equalize_p, generator, device))
+        x = solarize(x, _coin(n, cfg.solarize_p, generator, device), cfg.solarize_threshold)
+        return self.normalize(x)
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
+        x = _as_float_batch(images)
+        _check_generator(generator, x.device)
+        x = self._prescale(x)
+        cfg = self.config
+        views = [self.view(x, cfg.size, cfg.scale, generator) for _ in range(self.n_global_views)]
+        views += [self.view(x, cfg.local_size, cfg.local_scale, generator) for _ in range(cfg.n_local_crops)]
+        return views
+
+
+class GPUFinetuneAugment(nn.Module):
+    """uint8 (B,3,H,W) batch -> float (B,3,size,size): the paper's fine-tuning augmentations
+    (full-image resize, jitter, flip, equalize, autocontrast, rotation, normalise, erasing)."""
+
+    def __init__(
+        self,
+        size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        *,
+        config: FinetuneAugConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = _override(
+            config or FinetuneAugConfig(),
+            size=size, mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
+        )
+        self.normalize = _Normalize(self.config.mean, self.config.std)
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        cfg = self.config
+        x = _as_float_batch(images)
+        _check_generator(generator, x.device)
+        n, device = x.shape[0], x.device
+        if tuple(x.shape[-2:]) != (cfg.size, cfg.size):
+            x = F.interpolate(x, size=(cfg.size, cfg.size), mode=cfg.interpolation, antialias=True, align_corners=False)
+            x = x.clamp_(0.0, 1.0)
+        x = color_jitter(x, cfg.color_jitter, cfg.color_jitter_p, generator)
+        x = horizontal_flip(x, _coin(n, cfg.flip_p, generator, device))
+        x = quantize(x)
+        x = equalize(x, _coin(n, cfg.equalize_p, generator, device))
+        x = autocontrast(x, _coin(n, cfg.autocontrast_p, generator, device))
+        angle = _uniform(n, -cfg.rotation_degrees, cfg.rotation_degrees, generator, device)
+        x = rotate(x, angle, mode=cfg.affine_interpolation)
+        x = self.normalize(x)
+        top, left, h, w, found = sample_erase_boxes(n, cfg.size, cfg.size, cfg.erase_scale, cfg.erase_ratio, generator, device)
+        erase = _coin(n, cfg.erase_p, generator, device) & found
+        return random_erase(x, top, left, h, w, erase, cfg.erase_value)

@@ -1,0 +1,337 @@
+"""DINO pretraining with Accelerate (the paper's self-supervised stage), one screen per idea:
+
+    data  -> two augmented global views (+ optional local crops) per image
+    model -> student / teacher ViT + DINO head (sewer_hf.model)
+    loss  -> DINO cross-entropy with centering and teacher-temperature schedule (sewer_hf.dino)
+    step  -> AdamW with per-iteration lr / wd schedules, grad clipping, frozen last layer in
+             epoch 0, EMA teacher update with cosine momentum
+    logs  -> metrics.jsonl, TensorBoard, per-epoch RankMe + teacher entropy (collapse warning)
+    end   -> backbone/ (native transformers ViTModel), dino/ (full state), knn.json
+
+The same function runs on a CPU, one GPU, many GPUs or nodes (`accelerate launch`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sewer_hf import labels as L
+from sewer_hf.config import PretrainConfig, save_config, to_dict
+from sewer_hf.dino import unwrap as _unwrap
+from sewer_hf.sources import ensure_synthetic_data, fixed_subset, load_split
+from sewer_hf.training import (
+    CheckpointManager,
+    MetricsLog,
+    Throughput,
+    SeededAugmentation,
+    TrainState,
+    check_finite,
+    make_accelerator,
+    make_train_loader,
+    scaled_lr,
+    steps_per_epoch,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation helpers (main process)
+# ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def embed(backbone, hf_dataset, image_size: int, device, batch_size: int = 64, desc: str = "embed"):
+    """CLS embeddings (and labels, if any) of a dataset, evaluation transform, skipping bad images."""
+    from sewer_hf.augment import eval_transform
+    from sewer_hf.data import SewerTorchDataset, collate_skip_bad
+
+    with_labels = "labels" in hf_dataset.column_names
+    loader = torch.utils.data.DataLoader(
+        SewerTorchDataset(hf_dataset, eval_transform(image_size), with_labels=with_labels),
+        batch_size=batch_size, num_workers=0, collate_fn=collate_skip_bad)
+    was_training = backbone.training
+    backbone.eval()
+    feats, labs = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
+        if batch is None:
+            continue
+        feats.append(backbone(batch["pixel_values"].to(device)).float().cpu())
+        if with_labels:
+            labs.append(batch["labels"].float())
+    backbone.train(was_training)
+    return torch.cat(feats), (torch.cat(labs) if labs else None)
+
+
+def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: float) -> float:
+    """Mean entropy of the centred, sharpened teacher distribution (ln K = collapsed to uniform)."""
+    p = F.softmax((teacher_logits.float() - center) / temp, dim=-1)
+    return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+
+    from sewer_hf.augment import PretrainTransform
+    from sewer_hf.data import SewerTorchDataset, collate_skip_bad
+    from sewer_hf.dino import (DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update,
+                               param_groups, rankme)
+    from sewer_hf.model import build_student_teacher
+
+    cfg.validate()
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    data = cfg.data or ensure_synthetic_data(cfg, accelerator)
+
+    # --- data: each process reads its own share through the prepared DataLoader -------------
+    train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
+    transform = PretrainTransform(size=cfg.image_size, scale=cfg.global_crop_scale,
+                                  n_local_crops=cfg.n_local_crops, local_size=cfg.local_crop_size,
+                                  local_scale=cfg.local_crop_scale)
+    train_ds = SeededAugmentation(SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid), cfg.seed)
+    loader = make_train_loader(train_ds, cfg, collate_skip_bad)
+    if len(loader) == 0:
+        from sewer_hf.errors import ConfigError
+        raise ConfigError(f"{len(train_hf)} training images < batch_size={cfg.batch_size}: lower batch_size")
+
+    # --- models, loss, optimizer ---------------------------------------------------------------
+    student, teacher = build_student_teacher(
+        cfg.arch, img_size=cfg.image_size, out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim,
+        bottleneck_dim=cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer,
+        drop_path_rate=cfg.drop_path_rate)
+    embed_dim = student.backbone.num_features
+    hybrid_head = torch.nn.Linear(embed_dim, L.NUM_CLASSES) if cfg.hybrid else None
+    dino_loss = DINOLoss(cfg.out_dim, n_global_crops=2, warmup_teacher_temp=cfg.warmup_teacher_temp,
+                         teacher_temp=cfg.teacher_temp, warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
+                         n_epochs=cfg.epochs, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum)
+    groups = param_groups(student) + (param_groups(hybrid_head) if hybrid_head is not None else [])
+    optimizer = torch.optim.AdamW(groups, fused=torch.cuda.is_available())
+
+    modules = [student, optimizer, loader] + ([hybrid_head] if hybrid_head is not None else [])
+    prepared = accelerator.prepare(*modules)
+    student, optimizer, loader = prepared[:3]
+    if hybrid_head is not None:
+        hybrid_head = prepared[3]
+    teacher.to(accelerator.device)
+    dino_loss.to(accelerator.device)
+    if cfg.compile:
+        student = torch.compile(student)
+        teacher = torch.compile(teacher)
+    pos_weight = torch.as_tensor(L.pos_weight(), device=accelerator.device)
+
+    state = TrainState()
+    # The EMA teacher and the DINO center are not seen by `prepare`: register them for save_state.
+    accelerator.register_for_checkpointing(teacher, dino_loss, state)
+    ckpt = CheckpointManager(accelerator, out, keep_last=cfg.keep_last)
+    log = MetricsLog(accelerator, out)
+
+    # --- schedules, per optimizer step (lightly/DINO style: every value explicit) ---------------
+    global_batch = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+    iters = steps_per_epoch(len(loader), cfg.gradient_accumulation_steps)
+    peak_lr = scaled_lr(cfg.base_lr, global_batch)
+    lr_sched = cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, iters, warmup_epochs=cfg.warmup_epochs,
+                               start_warmup_value=min(cfg.start_warmup_lr, peak_lr))
+    wd_sched = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, iters)
+    mom_sched = cosine_schedule(cfg.momentum_teacher, cfg.momentum_teacher_end, cfg.epochs, iters)
+    total_steps = cfg.epochs * iters if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * iters)
+
+    resume = ckpt.resolve(cfg.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        log.truncate_after(state.step)
+        accelerator.print(f"resumed from {resume} at step {state.step} (epoch {state.epoch})")
+
+    # Held-out frames for RankMe: the val split if there is one, else a fixed slice of train.
+    probe = None
+    if accelerator.is_main_process and cfg.rankme_samples > 0:
+        probe = fixed_subset(load_split(data, cfg.val_split, labelled=False) or train_hf, cfg.rankme_samples, cfg.seed)
+
+    if accelerator.is_main_process:
+        accelerator.init_trackers("pretrain_dino", config={k: v for k, v in to_dict(cfg).items()
+                                                            if isinstance(v, (int, float, str, bool))})
+    accelerator.print(
+        f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
+        f"{global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
+        f"precision {cfg.mixed_precision}")
+
+    bar = tqdm(total=total_steps, initial=state.step, desc="pretrain", unit="step",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    speed = Throughput()
+    student.train()
+    last_saved = state.step
+    while state.step < total_steps and state.epoch < cfg.epochs:
+        epoch = state.epoch
+        for batch in state.epoch_batches(loader, train_ds, accelerator):
+            views = [v.to(accelerator.device, non_blocking=True) for v in batch["pixel_values"]]
+            it = state.step
+            for i, group in enumerate(optimizer.param_groups):
+                group["lr"] = float(lr_sched[it])
+                if i % 2 == 0:  # param_groups() puts the regularised group first
+                    group["weight_decay"] = float(wd_sched[it])
+
+            with accelerator.accumulate(student):
+                with accelerator.autocast():
+                    with torch.no_grad():
+                        teacher_out = teacher(views[:2])  # teacher sees only the global views
+                    if hybrid_head is not None:
+                        student_out, feats = student(views, return_features=True)
+                    else:
+                        student_out = student(views)
+                    loss = dino_loss(student_out, teacher_out, epoch)
+                    if hybrid_head is not None:
+                        n = views[0].shape[0]
+                        targets = batch["labels"].to(accelerator.device).repeat(2, 1)
+                        bce = F.binary_cross_entropy_with_logits(hybrid_head(feats[: 2 * n]).float(), targets,
+                                                                 pos_weight=pos_weight)
+                        loss = loss + cfg.hybrid_weight * bce
+                check_finite(accelerator, loss, it, ckpt)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if cfg.clip_grad:
+                        accelerator.clip_grad_norm_(student.parameters(), cfg.clip_grad)  # unscales fp16 first
+                    cancel_last_layer_gradients(accelerator.unwrap_model(student), epoch, cfg.freeze_last_layer)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if not accelerator.sync_gradients:
+                continue
+            ema_update(teacher, accelerator.unwrap_model(student), float(mom_sched[it]))
+            state.step += 1
+            n_images = views[0].shape[0] * accelerator.num_processes
+            state.images_seen += n_images
+            ips = speed.update(n_images)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_sched[it]:.1e}", img_s=f"{ips:.1f}")
+            if state.step % cfg.log_every == 0 or state.step == total_steps:
+                record = {"step": state.step, "epoch": epoch, "loss": loss.item(), "lr": float(lr_sched[it]),
+                          "wd": float(wd_sched[it]), "teacher_momentum": float(mom_sched[it]),
+                          "teacher_temp": float(dino_loss.teacher_temp_at(epoch)), "img_per_s": ips,
+                          "skipped_images": state.skipped_images}
+                if hybrid_head is not None:
+                    record["bce"] = bce.item()
+                log.write(record)
+            if state.step % cfg.save_every_steps == 0:
+                ckpt.save(state.step)
+                last_saved = state.step
+            if state.step >= total_steps:
+                break
+        else:  # the epoch ran to its end
+            state.end_epoch()
+            epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch)
+            ckpt.save(state.step)
+            last_saved = state.step
+            continue
+        break
+    bar.close()
+    if last_saved != state.step:
+        ckpt.save(state.step)
+    if state.skipped_images:
+        accelerator.print(f"warning: {state.skipped_images} unreadable images were skipped")
+
+    if cfg.save_rank_states:  # lets a test compare the teacher and center of every process
+        from safetensors.torch import save_file
+
+        rank_dir = out / "rank_states"
+        rank_dir.mkdir(exist_ok=True)
+        tensors = {f"teacher.{k}": v.detach().float().cpu().contiguous() for k, v in _unwrap(teacher).state_dict().items()}
+        tensors["center"] = dino_loss.center.detach().float().cpu().contiguous()
+        save_file(tensors, str(rank_dir / f"rank{accelerator.process_index}.safetensors"))
+
+    result: dict[str, Any] = {"steps": state.step, "images_seen": state.images_seen,
+                              "skipped_images": state.skipped_images}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        result.update(finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch) -> None:
+    """RankMe of the teacher's backbone embeddings on the fixed held-out frames, teacher entropy."""
+    from sewer_hf.dino import rankme
+
+    if not accelerator.is_main_process or probe is None:
+        return
+    backbone = _unwrap(teacher).backbone
+    feats, _ = embed(backbone, probe, cfg.image_size, accelerator.device, desc="rankme")
+    with torch.no_grad():
+        logits = _unwrap(teacher).head(feats.to(accelerator.device))
+    entropy = teacher_entropy(logits, dino_loss.center, float(dino_loss.teacher_temp_at(epoch)))
+    rank = rankme(feats)
+    log.write({"step": state.step, "epoch": epoch, "rankme": rank, "teacher_entropy": entropy,
+               "teacher_entropy_max": math.log(cfg.out_dim)})
+    if entropy > 0.95 * math.log(cfg.out_dim) or rank < 1.5:
+        logger.warning("epoch %d looks collapsed: teacher entropy %.3f (ln K = %.3f), RankMe %.2f. "
+                       "Check teacher_temp, the center momentum and the lr.", epoch, entropy,
+                       math.log(cfg.out_dim), rank)
+
+
+def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dict[str, Any]:
+    """Write backbone/ (transformers ViTModel), dino/ (full state) and knn.json."""
+    from safetensors.torch import save_file
+
+    from sewer_hf.export import save_backbone
+
+    out = Path(cfg.output_dir)
+    teacher = _unwrap(teacher)
+    save_backbone(teacher.backbone, out / "backbone", image_size=cfg.image_size,
+                  extra_config={"sewer_hf": {"stage": "dino_pretrain", "arch": cfg.arch}})
+    full = out / "dino"
+    full.mkdir(exist_ok=True)
+    student_sd = _unwrap(accelerator.unwrap_model(student)).state_dict()
+    save_file({k: v.detach().contiguous().cpu() for k, v in student_sd.items()}, str(full / "student.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in teacher.state_dict().items()},
+              str(full / "teacher.safetensors"))
+    save_file({"center": dino_loss.center.detach().cpu().contiguous()}, str(full / "dino_loss.safetensors"))
+    save_config(cfg, full / "config.yaml")
+    result: dict[str, Any] = {"backbone": str(out / "backbone"), "dino_state": str(full)}
+    if cfg.knn_eval:
+        knn = knn_report(cfg, teacher.backbone, data, train_hf, accelerator.device)
+        if knn:
+            (out / "knn.json").write_text(json.dumps(knn, indent=2))
+            result["knn"] = knn
+            print(f"kNN (k={cfg.knn_k}, T={cfg.knn_temperature}) on {knn['eval_split']}: "
+                  f"pretrained F2_CIW {100 * knn['pretrained']['F2_CIW']:.2f} mAP {100 * knn['pretrained']['mAP']:.2f} | "
+                  f"random init F2_CIW {100 * knn['random_init']['F2_CIW']:.2f} mAP {100 * knn['random_init']['mAP']:.2f}")
+    return result
+
+
+def knn_report(cfg, backbone, data, train_hf, device) -> Optional[dict[str, Any]]:
+    """kNN of the pretrained teacher backbone vs the same architecture at random init."""
+    from sewer_hf.knn import knn_evaluate
+    from sewer_hf.model import create_backbone
+
+    if "labels" not in train_hf.column_names:
+        return None
+    val = load_split(data, cfg.val_split, labelled=False)
+    if val is None or "labels" not in val.column_names:
+        return None
+    train = fixed_subset(train_hf, cfg.knn_max_train, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    random_backbone = create_backbone(cfg.arch, img_size=cfg.image_size).to(device)
+    report: dict[str, Any] = {"eval_split": cfg.val_split, "k": cfg.knn_k, "temperature": cfg.knn_temperature,
+                              "n_train": len(train), "n_eval": len(val)}
+    for name, net in (("pretrained", backbone), ("random_init", random_backbone)):
+        tr_f, tr_y = embed(net, train, cfg.image_size, device, desc=f"knn {name} train")
+        va_f, va_y = embed(net, val, cfg.image_size, device, desc=f"knn {name} eval")
+        metrics = knn_evaluate(tr_f, tr_y, va_f, va_y, k=cfg.knn_k, temperature=cfg.knn_temperature)
+        report[name] = {k: float(metrics[k]) for k in ("F2_CIW", "F1_Normal", "mAP")}
+    return report

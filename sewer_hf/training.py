@@ -1,0 +1,229 @@
+"""What every training recipe shares: Accelerate set-up, atomic checkpoints with resume,
+the metrics.jsonl log, a progress bar with img/s, and the stop on a non-finite loss.
+
+Used by DINO pretraining and fine-tuning alike, so behaviour (precision, checkpoints, resume,
+logging) is the same in both.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from sewer_hf.errors import ConfigError, SewerHFError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+_CKPT_RE = re.compile(r"^step_(\d{8})$")
+
+
+class NonFiniteLossError(SewerHFError, FloatingPointError):
+    """Raised when the loss is NaN/inf; the last good checkpoint is left untouched."""
+
+
+def make_accelerator(cfg: Any):
+    """An Accelerator from the common config keys (mixed precision, accumulation, tracker)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    report_to = None if (cfg.report_to in (None, "none", "")) else cfg.report_to
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir, logging_dir=str(Path(cfg.output_dir) / "logs")),
+        # A seedable sampler gives the same shuffled order on every process count and on resume.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+class TrainState:
+    """Loop counters saved with every checkpoint (registered with `register_for_checkpointing`)."""
+
+    def __init__(self) -> None:
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # current epoch
+        self.batches_in_epoch = 0  # batches of `epoch` already consumed (for skip_first_batches)
+        self.images_seen = 0
+        self.skipped_images = 0  # unreadable images skipped so far (reported at the end)
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def epoch_batches(self, loader, dataset, accelerator):
+        """The batches of the current epoch: same shuffled order on every process count (seedable
+        sampler + per-sample seeded augmentation) and, after a resume, the batches already
+        consumed in this epoch are skipped."""
+        loader.set_epoch(self.epoch)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.epoch)
+        batches = accelerator.skip_first_batches(loader, self.batches_in_epoch) if self.batches_in_epoch else loader
+        for batch in batches:
+            self.batches_in_epoch += 1
+            if batch is None:  # every image of this batch was unreadable
+                continue
+            self.skipped_images += int(batch.get("n_skipped", 0))
+            yield batch
+
+    def end_epoch(self) -> None:
+        self.epoch += 1
+        self.batches_in_epoch = 0
+
+
+class CheckpointManager:
+    """`save_state` into `<output_dir>/checkpoints/step_XXXXXXXX`, atomically, keeping the last K.
+
+    Every process calls `save`; each writes its own RNG file into a temporary folder, then the
+    main process renames it into place (a rename is atomic), so a run killed mid-save never
+    leaves a half checkpoint that `latest` would pick.
+    """
+
+    def __init__(self, accelerator, output_dir: str | Path, keep_last: int = 3) -> None:
+        self.accelerator = accelerator
+        self.root = Path(output_dir) / CHECKPOINT_DIR
+        self.keep_last = keep_last
+
+    def all(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and _CKPT_RE.match(p.name))
+
+    def latest(self) -> Optional[Path]:
+        found = self.all()
+        return found[-1] if found else None
+
+    def resolve(self, resume: Optional[str]) -> Optional[Path]:
+        """`latest` (None when there is no checkpoint yet, so a fresh run starts) or a path."""
+        if not resume:
+            return None
+        if resume == "latest":
+            return self.latest()
+        path = Path(resume)
+        if not path.is_dir():
+            raise ConfigError(f"resume_from_checkpoint={resume!r}: no such checkpoint folder "
+                              f"(existing: {[p.name for p in self.all()] or 'none'})")
+        return path
+
+    def save(self, step: int) -> Path:
+        acc = self.accelerator
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f".tmp_step_{step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(output_dir=str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in self.all()[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+
+class MetricsLog:
+    """Append-only `<output_dir>/metrics.jsonl` (main process); a resumed run drops the lines
+    written after its checkpoint so the log reads as one uninterrupted run."""
+
+    def __init__(self, accelerator, output_dir: str | Path) -> None:
+        self.accelerator = accelerator
+        self.path = Path(output_dir) / "metrics.jsonl"
+
+    def truncate_after(self, step: int) -> None:
+        if not self.accelerator.is_main_process or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            clean = {k: (float(v) if isinstance(v, (float, torch.Tensor)) else v) for k, v in record.items()}
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(clean) + "\n")
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                             step=record.get("step"))
+
+
+def check_finite(accelerator, loss: torch.Tensor, step: int, ckpt: CheckpointManager) -> None:
+    """Stop every process when any process sees a non-finite loss (no checkpoint is written)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
+    bad = accelerator.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        last = ckpt.latest()
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (value {loss.item()!r}); stopping. The last good checkpoint "
+            f"is {last if last else 'none (none was written yet)'}. Try mixed_precision=bf16 or no, a lower "
+            f"base_lr, or a smaller teacher_temp; resume with --resume_from_checkpoint latest."
+        )
+
+
+class Throughput:
+    """Images per second over a sliding window of recent steps (what the progress bar shows)."""
+
+    def __init__(self, window: int = 20) -> None:
+        self.window = window
+        self.events: list[tuple[float, int]] = []
+
+    def update(self, n_images: int) -> float:
+        self.events.append((time.perf_counter(), n_images))
+        self.events = self.events[-self.window:]
+        if len(self.events) < 2:
+            return float("nan")
+        elapsed = self.events[-1][0] - self.events[0][0]
+        return sum(n for _, n in self.events[1:]) / elapsed if elapsed > 0 else float("nan")
+
+
+class SeededAugmentation(torch.utils.data.Dataset):
+    """Seeds the augmentation of item i from (seed, epoch, i): the views of an image do not depend
+    on the number of processes or workers, so 1-process and N-process runs see the same batches
+    and a resumed run re-creates exactly the views it would have drawn."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + int(index)) % (2**63))
+            return self.dataset[index]
+
+
+def make_train_loader(dataset, cfg: Any, collate_fn):
+    """Shuffled, drop-last DataLoader over a seeded-augmentation dataset (prepare() shards it)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+        collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,  # workers must see the new epoch set on the dataset
+        generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+    """The paper's linear scaling rule: lr = base_lr * global_batch / 256."""
+    return base_lr * global_batch / 256.0
+
+
+def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
+    return max(1, math.floor(n_batches / grad_accum))
