@@ -417,7 +417,8 @@ def load_sewer_ml(
     ``data_root`` holds the images, flat (``<root>/<Filename>``, as the official code reads them)
     or per split (``<root>/Train/<Filename>``, any case; a mix works with ``check_files``).
     The CSV ``SewerML_<Split>.csv`` is read from ``annotations_dir`` if it has it, else from
-    ``data_root``. Without a CSV, a folder of prepared shards (``sewer-hf prepare``) loads instead.
+    ``data_root``. A ``data_root`` holding prepared shards (``sewer-hf prepare``) and no CSV loads
+    those shards instead (``annotations_dir`` is then not needed: the shards carry the labels).
 
     ``check_files`` lists the image folders once and raises DataError for missing images;
     ``drop_missing=True`` drops those rows instead, logs a warning, and records the count in the
@@ -440,11 +441,14 @@ def load_sewer_ml_with_missing(
     root = Path(data_root)
     if not root.is_dir():
         raise DataError(f"data root {root} is not a folder")
-    csv_path = find_annotation_csv(root, split, annotations_dir)
-    if csv_path is None:
+    # A folder of prepared shards wins over an annotations_dir (the shards carry the labels);
+    # a CSV in the data root itself marks a Sewer-ML image root.
+    if not (root / annotation_filename(split)).is_file():
         shards = find_prepared_shards(root, split)
         if shards:
             return _load_shards(shards, split), []
+    csv_path = find_annotation_csv(root, split, annotations_dir)
+    if csv_path is None:
         looked = [str(Path(d) / annotation_filename(split)) for d in ([annotations_dir] if annotations_dir else []) + [root]]
         raise DataError(
             f"no annotation file {' or '.join(looked)} and no prepared shards "
@@ -738,7 +742,9 @@ def _make_torch_dataset_class():
                 item["labels"] = torch.tensor(row["labels"], dtype=torch.float32)
             return item
 
+    # Importable (hence picklable for DataLoader workers) as sewer_hf.data.SewerTorchDataset.
     SewerTorchDataset.__module__ = __name__
+    SewerTorchDataset.__qualname__ = "SewerTorchDataset"
     return SewerTorchDataset
 
 

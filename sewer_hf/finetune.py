@@ -206,14 +206,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 last_saved = state.step
             if state.step >= total_steps:
                 break
-        else:
+        if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
             state.end_epoch()
             if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
                 validate(cfg, accelerator, model, val_loader, state, log, compute_metrics)
             ckpt.save(state.step)
             last_saved = state.step
-            continue
-        break
     bar.close()
     if state.best_epoch < 0 or state.step != last_saved:  # stopped mid-epoch by max_steps
         validate(cfg, accelerator, model, val_loader, state, log, compute_metrics)

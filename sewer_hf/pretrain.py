@@ -232,13 +232,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 last_saved = state.step
             if state.step >= total_steps:
                 break
-        else:  # the epoch ran to its end
+        if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
             state.end_epoch()
             epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch)
             ckpt.save(state.step)
             last_saved = state.step
-            continue
-        break
     bar.close()
     if last_saved != state.step:
         ckpt.save(state.step)

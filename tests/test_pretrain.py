@@ -122,4 +122,4 @@ def test_two_processes_match_one_process(tiny_data, tmp_path):
         assert torch.equal(r0[key], r1[key]), key
     assert not torch.equal(r0["center"], torch.zeros_like(r0["center"]))
     worst = max((r0[k] - one[k]).abs().max().item() for k in r0)
-    assert worst < 1e-4, worst  # same global batch: same result up to float reduction order
+    assert worst < 1e-5, worst  # same global batch: same result up to float reduction order (a different seed: ~0.1)

@@ -6,7 +6,8 @@ pixels (see `geometry`); `paint_water` fills the wedge below the water line;
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -19,12 +20,12 @@ from sewer_hf.synth.geometry import (
 # name: base RGB, texture strength, joint spacing (pipe radii; None = seamless liner),
 # gloss (specular band), share of frames.
 MATERIALS: dict[str, dict] = {
-    "concrete": dict(rgb=(152, 143, 124), texture=0.28, joint_spacing=(2.5, 5.0), gloss=0.0, share=0.45),
-    "clay": dict(rgb=(165, 100, 62), texture=0.18, joint_spacing=(3.5, 7.0), gloss=0.35, share=0.30),
-    "plastic": dict(rgb=(170, 118, 78), texture=0.08, joint_spacing=(5.0, 9.0), gloss=0.5, share=0.15),
-    "liner": dict(rgb=(196, 192, 180), texture=0.07, joint_spacing=None, gloss=0.3, share=0.10),
+    "concrete": dict(rgb=(148, 140, 122), texture=0.30, joint_spacing=(1.6, 3.5), gloss=0.0, share=0.45),
+    "clay": dict(rgb=(155, 98, 66), texture=0.2, joint_spacing=(2.0, 4.5), gloss=0.3, share=0.30),
+    "plastic": dict(rgb=(160, 118, 84), texture=0.1, joint_spacing=(4.0, 8.0), gloss=0.45, share=0.15),
+    "liner": dict(rgb=(186, 182, 170), texture=0.08, joint_spacing=None, gloss=0.25, share=0.10),
 }
-WATER_RGB = (78, 74, 56)
+WATER_RGB = (74, 68, 54)
 VANISHING_POINT_JITTER = 0.12  # fraction of the frame size
 FOCAL_RANGE = (0.8, 1.15)      # display units per pipe radius at depth 1
 
@@ -47,9 +48,8 @@ class Scene:
     light_gain: float
     water_level: int
     water_threshold: float  # pixels with sin(theta) above this are water
-    tile: np.ndarray        # (TILE_THETA * TILE_Z, 3) uint8
+    tile: np.ndarray        # (TILE_THETA * TILE_Z,) uint32: RGBA packed, one gather per pixel
     pixels: np.ndarray
-    notes: dict = field(default_factory=dict)
 
     # -- projection helpers used by the defect painters ---------------------------------
     def project(self, theta, z) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +113,7 @@ def build_scene(size: tuple[int, int], water_level: int, rng: np.random.Generato
     focal = float(rng.uniform(*FOCAL_RANGE))
     material = choose_material(rng)
     spec = MATERIALS[material]
-    rgb = np.array(spec["rgb"], dtype=np.float32) * rng.normal(1.0, 0.07, 3).astype(np.float32)
+    rgb = np.array(spec["rgb"], dtype=np.float32) * rng.normal(1.0, 0.035, 3).astype(np.float32)
     rgb *= rng.uniform(0.85, 1.15)
 
     if spec["joint_spacing"] is None:
@@ -127,12 +127,18 @@ def build_scene(size: tuple[int, int], water_level: int, rng: np.random.Generato
 
     scene = Scene(width, height, vx, vy, canvas.px_per_unit_x, canvas.px_per_unit_y, focal,
                   canvas.view(vx, vy), material, rgb, joints,
-                  light_half_depth=float(rng.uniform(2.6, 5.0)), light_gain=float(rng.uniform(0.95, 1.25)),
+                  light_half_depth=float(rng.uniform(1.6, 3.2)), light_gain=float(rng.uniform(0.95, 1.25)),
                   water_level=int(water_level), water_threshold=water_threshold,
                   tile=np.empty(0), pixels=np.empty(0))
     scene.tile = _paint_wall_tile(scene, spec, rng)
-    scene.pixels = scene.tile[scene.grids.index]
+    scene.pixels = gather(scene.tile, scene.grids.index)
     return scene
+
+
+def gather(tile: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """RGB uint8 pixels (index.shape + (3,)) read from a packed tile."""
+    rgba = np.take(tile, index).view(np.uint8).reshape(*index.shape, 4)
+    return np.ascontiguousarray(rgba[..., :3])
 
 
 def _paint_wall_tile(scene: Scene, spec: dict, rng: np.random.Generator) -> np.ndarray:
@@ -164,8 +170,9 @@ def _paint_wall_tile(scene: Scene, spec: dict, rng: np.random.Generator) -> np.n
         lum *= (1.0 - 0.35 * wet)[:, None]
     lamp = 1.0 + 0.12 * np.cos(theta - rng.uniform(0, 2 * np.pi))
     lum *= lamp[:, None] * scene.light(z)[None, :].astype(np.float32)
-    rgb = lum[:, :, None] * scene.rgb[None, None, :]
-    return np.clip(rgb, 0, 255).astype(np.uint8).reshape(-1, 3)
+    rgba = np.zeros((TILE_THETA, TILE_Z, 4), dtype=np.uint8)
+    rgba[..., :3] = np.clip(lum[:, :, None] * scene.rgb[None, None, :], 0, 255)
+    return rgba.view(np.uint32).reshape(-1)
 
 
 def regather(scene: Scene, rows: slice, cols: slice, mask: np.ndarray, theta: np.ndarray,
@@ -173,7 +180,7 @@ def regather(scene: Scene, rows: slice, cols: slice, mask: np.ndarray, theta: np
     """Repaint the masked pixels of a box from the wall tile at new wall coordinates
     (used by defects that bend the pipe: deformation, displaced joints)."""
     box = scene.pixels[rows, cols]
-    box[mask] = scene.tile[tile_index(theta, z_img)]
+    box[mask] = gather(scene.tile, tile_index(theta, z_img))
 
 
 def paint_water(scene: Scene, rng: np.random.Generator) -> None:
@@ -188,12 +195,13 @@ def paint_water(scene: Scene, rng: np.random.Generator) -> None:
     v = np.abs(g.v[mask]).astype(np.float32)
     y_plane = max(abs(1.0 - scene.water_level / 50.0), 0.05)
     depth = np.clip(y_plane * scene.focal / np.maximum(v, 1e-3), 0.3, 40.0)
-    log_depth = np.log(depth)
-    ripple = np.sin(log_depth * rng.uniform(18, 30) + g.u[mask] * rng.uniform(2, 6) + rng.uniform(0, 6.3))
-    lum = (0.25 + 0.75 * scene.light(depth).astype(np.float32)) * (0.85 + 0.2 * ripple)
-    glint = (ripple > 0.93) & (depth < 3.0)
-    lum = lum + glint * 0.6
-    colour = np.array(WATER_RGB, dtype=np.float32) * rng.normal(1.0, 0.08, 3).astype(np.float32)
+    # Ripples: irregular bands across the flow (noise stretched around the pipe, read through
+    # the wall tile index), with lamp glints on the near crests.
+    ripple = _smooth_noise(rng, 6, 70).ravel()[g.index[mask]]
+    lum = (0.2 + 0.7 * scene.light(depth).astype(np.float32)) * (0.8 + 0.4 * ripple)
+    glint = (ripple > 0.85) & (depth < 2.5)
+    lum = lum + glint * 0.35
+    colour = np.array(WATER_RGB, dtype=np.float32) * rng.normal(1.0, 0.04, 3).astype(np.float32)
     colour *= rng.uniform(0.8, 1.3)
     scene.pixels[mask] = np.clip(lum[:, None] * colour[None, :], 0, 255).astype(np.uint8)
     if scene.water_level >= 50:  # camera at or under the surface: murky haze over everything
@@ -212,9 +220,21 @@ def finish_frame(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         draw.text((x0, y0), text, fill=(235, 235, 225))
         box = (max(x0 - 4, 0), max(y0 - 4, 0), min(x0 + int(110 * scale) + 8, width), min(y0 + 18, height))
         image.paste(image.crop(box).filter(ImageFilter.GaussianBlur(3)), box[:2])
-    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.1) * scale))
-    arr = np.asarray(image, dtype=np.int16)
-    sigma = rng.uniform(2.0, 6.0)
-    noise = (rng.standard_normal((height, width), dtype=np.float32) * sigma).astype(np.int16)
-    out = arr + noise[:, :, None]
+    image = image.filter(ImageFilter.BoxBlur(rng.uniform(0.6, 1.0) * scale))
+    # Luminance noise: a random window of a fixed noise field (drawing fresh normals for
+    # every pixel costs more than the rest of the camera model).
+    noise_field = _noise_field((width, height))
+    oy, ox = int(rng.integers(0, height)), int(rng.integers(0, width))
+    gain = int(rng.integers(4, 13))  # sigma = gain / 2 grey levels
+    noise = (noise_field[oy:oy + height, ox:ox + width] * gain) >> 4
+    out = np.asarray(image, dtype=np.int16) + noise[:, :, None]
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+@lru_cache(maxsize=8)
+def _noise_field(size: tuple[int, int]) -> np.ndarray:
+    """Standard normal noise x 8 (int16) on a (2H, 2W) field; fixed seed, so frames stay
+    a function of their own seed."""
+    width, height = size
+    field = np.random.default_rng(20210611).standard_normal((2 * height, 2 * width)) * 8
+    return np.round(field).astype(np.int16)

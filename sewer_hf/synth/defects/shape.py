@@ -35,14 +35,20 @@ def paint_deformation(scene: Scene, rng: np.random.Generator) -> None:
     p, q = c * u + s * v, -s * u + c * v
     p, q = p / (1 + ramp), q / (1 - ramp)
     theta = np.arctan2(q, p) + angle
-    regather(scene, rows, cols, mask, theta, 1.0 / np.hypot(p, q))
+    z_img = 1.0 / np.hypot(p, q)
+    regather(scene, rows, cols, mask, theta, z_img)
+    # The buckled wall folds: a dark crease around the squashed section, even on plain liners.
+    z_fold = z_start + float(rng.uniform(0.4, 0.8))
+    crease = np.abs(z_img * scene.focal - z_fold) < 0.06 * z_fold
+    box = scene.pixels[rows, cols]
+    box[mask] = np.where(crease[:, None], box[mask] // 4, box[mask])
 
 
 def paint_displaced_joint(scene: Scene, rng: np.random.Generator) -> None:
     """FS: the pipe beyond a joint is shifted sideways: a bright step face shows on one side
     of the ring, a dark gap on the other, and the rings beyond are off-centre."""
-    zj = nearest_joint(scene, rng, 1.1, 2.6)
-    shift = float(rng.uniform(0.14, 0.3))
+    zj = nearest_joint(scene, rng, 1.0, 2.0)
+    shift = float(rng.uniform(0.2, 0.36))
     direction = float(rng.uniform(0, 2 * np.pi))
     ex, ey = shift * np.cos(direction), shift * np.sin(direction)
     rows, cols = _inner_box(scene, scene.focal / zj)
@@ -64,5 +70,6 @@ def paint_displaced_joint(scene: Scene, rng: np.random.Generator) -> None:
     # Step face: faces the camera lamp, so brighter; gap on the far side: in shadow.
     gap_side = np.cos(theta - direction) > 0.3
     gap = (~face) & gap_side & (z < zj + 0.6 * shift * zj + 0.15)
-    gain = np.where(face, 1.5, np.where(gap, 0.25, 1.0)).astype(np.float32)
-    box[inside] = np.clip(lit * gain[:, None], 0, 255).astype(np.uint8)
+    gain = np.where(face, 1.6, np.where(gap, 0.12, 1.0)).astype(np.float32)
+    lift = np.where(face, 35.0, 0.0).astype(np.float32)
+    box[inside] = np.clip(lit * gain[:, None] + lift[:, None], 0, 255).astype(np.uint8)

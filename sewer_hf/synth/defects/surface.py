@@ -26,7 +26,11 @@ def _walk(rng: np.random.Generator, theta0: float, z0: float, heading: float, st
 def paint_cracks(scene: Scene, image: Image.Image, draw: ImageDraw.ImageDraw, rng: np.random.Generator) -> None:
     """RB: dark branching cracks near the camera, sometimes with a broken-out hole."""
     for _ in range(int(rng.integers(1, 3))):
-        theta0, z0 = pick_theta(scene, rng), float(rng.uniform(0.75, 1.6))
+        for _ in range(8):  # start inside the frame
+            theta0, z0 = pick_theta(scene, rng), float(rng.uniform(0.8, 1.6))
+            x0, y0 = scene.project(theta0, z0)
+            if 0 <= x0 < scene.width and 0 <= y0 < scene.height:
+                break
         heading = float(rng.choice([0.0, np.pi / 2, -np.pi / 2, np.pi])) + rng.normal(0, 0.3)
         width = max(2, int(round(scene.px_per_radius(z0) * rng.uniform(0.035, 0.06))))
         theta, z = _walk(rng, theta0, z0, heading, int(rng.integers(14, 28)), 0.07, 0.45)

@@ -1,0 +1,93 @@
+"""Throughput of the paper's augmentations: CPU reference (PIL, one image at a time, one
+process) vs the batched module of ``sewer_hf.gpu_augment`` on the best device available.
+
+Prints images/s for each and the ratio batched / reference, measured in the same run.
+Image decoding is not included (both start from decoded pixels).
+
+    python benchmarks/augment_throughput.py [--quick] [--mode pretrain|finetune|both]
+        [--height 256 --width 320] [--batch 128] [--device cuda] [--compile]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few iterations (smoke run)")
+    parser.add_argument("--mode", choices=("pretrain", "finetune", "both"), default="both")
+    parser.add_argument("--height", type=int, default=256, help="input height (prepared, small images)")
+    parser.add_argument("--width", type=int, default=320, help="input width")
+    parser.add_argument("--batch", type=int, default=None, help="batch size of the batched module")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the batched module")
+    return parser.parse_args(argv)
+
+
+def _time_reference(transform, image, seconds: float, min_images: int) -> float:
+    transform(image)  # warm-up
+    count, start = 0, time.perf_counter()
+    while count < min_images or time.perf_counter() - start < seconds:
+        transform(image)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def _time_batched(module, batch, iterations: int, sync) -> float:
+    for _ in range(2):  # warm-up (and compilation)
+        module(batch)
+    sync()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        module(batch)
+    sync()
+    return iterations * len(batch) / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sewer_hf.augment import PretrainTransform, finetune_transform
+    from sewer_hf.gpu_augment import GPUFinetuneAugment, GPUPretrainAugment
+
+    args = _parse(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    batch_size = args.batch or (256 if device.type == "cuda" else 32)
+    if args.quick:
+        batch_size = min(batch_size, 64 if device.type == "cuda" else 8)
+    seconds, min_images, iterations = (0.5, 5, 2) if args.quick else (5.0, 50, 10 if device.type == "cuda" else 3)
+
+    rng = np.random.default_rng(0)
+    # Smooth structure + noise: equalize/blur see realistic, not flat, histograms.
+    yy, xx = np.mgrid[0 : args.height, 0 : args.width]
+    pixels = np.stack([xx / args.width * 180, yy / args.height * 160, 90 + 0 * xx], axis=-1)
+    pixels = np.clip(pixels + rng.normal(0, 25, pixels.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    batch = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).repeat(batch_size, 1, 1, 1).to(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"input {args.width}x{args.height} uint8, batch {batch_size}, batched module on {name}")
+
+    modes = ("pretrain", "finetune") if args.mode == "both" else (args.mode,)
+    for mode in modes:
+        if mode == "pretrain":
+            reference, module, views = PretrainTransform(), GPUPretrainAugment(), 2
+        else:
+            reference, module, views = finetune_transform(), GPUFinetuneAugment(), 1
+        module = module.to(device)
+        runner = torch.compile(module) if args.compile else module
+        with torch.inference_mode():
+            ref_rate = _time_reference(reference, image, seconds, min_images)
+            batched_rate = _time_batched(runner, batch, iterations, sync)
+        print(
+            f"{mode:9s} ({views} view{'s' if views > 1 else ''}/image): reference PIL {ref_rate:8.1f} img/s (1 process)"
+            f" | batched {batched_rate:9.1f} img/s | ratio {batched_rate / ref_rate:6.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,337 @@
+"""Batched per-sample augmentations (run here on CPU tensors): each op against torchvision's, and
+the whole pipeline against the CPU reference transforms in distribution."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
+
+import sewer_hf.gpu_augment as G
+from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform
+from sewer_hf.errors import DataError
+from sewer_hf.labels import SEWER_MEAN, SEWER_STD
+
+MEAN = torch.tensor(SEWER_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(SEWER_STD).view(1, 3, 1, 1)
+LOW, HIGH = (0 - MEAN) / STD, (1 - MEAN) / STD
+
+# Pretraining config with every random op off: tests switch on the one they measure.
+QUIET_PRETRAIN = dataclasses.replace(
+    PretrainAugConfig(), flip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, equalize_p=0.0, solarize_p=0.0
+)
+QUIET_FINETUNE = dataclasses.replace(
+    FinetuneAugConfig(), color_jitter_p=0.0, flip_p=0.0, equalize_p=0.0, autocontrast_p=0.0, rotation_degrees=0.0, erase_p=0.0
+)
+
+
+# CUDA joins when present (the device machine); the CPU always runs every test.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+on_devices = pytest.mark.parametrize("device", DEVICES)
+
+
+def _gen(seed: int, device="cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _levels(view: torch.Tensor) -> torch.Tensor:
+    """Undo normalisation: 0..255 values."""
+    return (view * STD + MEAN) * 255
+
+
+def _noise(n, height, width, low=0, high=256, seed=0) -> torch.Tensor:
+    return torch.randint(low, high, (n, 3, height, width), dtype=torch.uint8, generator=_gen(seed))
+
+
+def _identity_geometry(config: PretrainAugConfig, size: int) -> PretrainAugConfig:
+    """Crop = the whole (square, size x size) image, so only photometric ops act."""
+    return dataclasses.replace(config, size=size, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- shapes, API
+@on_devices
+def test_pretrain_views_shapes_dtypes_and_range(device):
+    batch = _noise(4, 40, 48).to(device)
+    views = [v.cpu() for v in G.GPUPretrainAugment(size=32).to(device)(batch, generator=_gen(0, device))]
+    assert len(views) == 2
+    for view in views:
+        assert view.shape == (4, 3, 32, 32) and view.dtype == torch.float32
+        assert (view >= LOW - 1e-5).all() and (view <= HIGH + 1e-5).all()
+    views = G.GPUPretrainAugment(size=32, n_local_crops=2, local_size=16).to(device)(batch, generator=_gen(0, device))
+    assert [tuple(v.shape) for v in views] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 2
+
+
+@on_devices
+def test_finetune_shape_dtype_and_range(device):
+    out = G.GPUFinetuneAugment(size=24).to(device)(_noise(5, 30, 36).to(device), generator=_gen(0, device)).cpu()
+    assert out.shape == (5, 3, 24, 24) and out.dtype == torch.float32
+    assert (out >= LOW - 1e-5).all() and (out <= HIGH + 1e-5).all()
+
+
+@on_devices
+def test_generator_reproducibility_and_per_sample_parameters(device):
+    batch = _noise(1, 24, 24).expand(6, -1, -1, -1).contiguous().to(device)  # six copies of one image
+    augment = G.GPUPretrainAugment(size=16).to(device)
+    a, b = augment(batch, generator=_gen(7, device)), augment(batch, generator=_gen(7, device))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], augment(batch, generator=_gen(8, device))[0])
+    assert not torch.equal(a[0], a[1])
+    # Same input, different samples -> different parameters -> different outputs.
+    flat = a[0].flatten(1)
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(6) for j in range(i + 1, 6))
+    ft = G.GPUFinetuneAugment(size=16).to(device)
+    assert torch.equal(ft(batch, generator=_gen(3, device)), ft(batch, generator=_gen(3, device)))
+
+
+def test_bad_batches_raise_data_error():
+    with pytest.raises(DataError, match="uint8"):
+        G.GPUPretrainAugment(size=8)(torch.rand(2, 3, 8, 8))
+    with pytest.raises(DataError, match="uint8"):
+        G.GPUFinetuneAugment(size=8)(torch.zeros(3, 8, 8, dtype=torch.uint8))
+
+
+# ----------------------------------------------------------------------------- ops vs torchvision
+@on_devices
+def test_equalize_forced_equals_torchvision(device):
+    batch = _noise(4, 32, 32, low=60, high=140, seed=1)
+    batch[1] = 77  # a flat image: torchvision leaves it unchanged
+    augment = G.GPUPretrainAugment(config=dataclasses.replace(_identity_geometry(QUIET_PRETRAIN, 32), equalize_p=1.0))
+    out = _levels(augment.to(device)(batch.to(device), generator=_gen(0, device))[0].cpu()).round().to(torch.uint8)
+    expected = torch.stack([TF.equalize(img) for img in batch])
+    assert torch.equal(out, expected)
+
+
+@on_devices
+def test_solarize_forced_equals_torchvision(device):
+    batch = _noise(3, 32, 32, seed=2)
+    augment = G.GPUPretrainAugment(config=dataclasses.replace(_identity_geometry(QUIET_PRETRAIN, 32), solarize_p=1.0))
+    out = _levels(augment.to(device)(batch.to(device), generator=_gen(0, device))[1].cpu()).round().to(torch.uint8)
+    assert torch.equal(out, TF.solarize(batch, threshold=128))
+
+
+@on_devices
+def test_blur_matches_torchvision_for_the_same_sigma(device):
+    x = torch.rand(3, 3, 20, 24, generator=_gen(3))
+    sigma = torch.tensor([0.1, 0.5, 1.0])
+    out = G.gaussian_blur(x.to(device), sigma.to(device), kernel_size=7).cpu()
+    for i in range(3):
+        torch.testing.assert_close(out[i], TF.gaussian_blur(x[i], [7, 7], [float(sigma[i])] * 2), atol=1e-5, rtol=0)
+    skipped = G.gaussian_blur(x.to(device), sigma.to(device), kernel_size=7, mask=torch.tensor([True, False, True], device=device)).cpu()
+    assert torch.equal(skipped[1], x[1])
+
+
+@on_devices
+def test_colour_ops_match_torchvision_per_sample(device):
+    x = G.quantize(torch.rand(4, 3, 16, 16, generator=_gen(4)))
+    x[0, :, :4] = 0.5  # grey pixels: hue undefined
+    factors = torch.tensor([0.6, 1.0, 1.3, 0.8])
+    shifts = torch.tensor([-0.5, -0.1, 0.0, 0.37])
+    mask = torch.tensor([True, True, False, True])
+    xd, fd, sd, md = x.to(device), factors.to(device), shifts.to(device), mask.to(device)
+    for ours, theirs in [
+        (G.adjust_brightness(xd, fd).cpu(), TF.adjust_brightness),
+        (G.adjust_contrast(xd, fd).cpu(), TF.adjust_contrast),
+        (G.adjust_saturation(xd, fd).cpu(), TF.adjust_saturation),
+    ]:
+        expected = torch.stack([theirs(x[i], float(factors[i])) for i in range(4)])
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    expected = torch.stack([TF.adjust_hue(x[i], float(shifts[i])) for i in range(4)])
+    torch.testing.assert_close(G.adjust_hue(xd, sd).cpu(), expected, atol=1e-5, rtol=0)
+    expected = torch.stack([TF.autocontrast(x[i]) if mask[i] else x[i] for i in range(4)])
+    torch.testing.assert_close(G.autocontrast(xd, md).cpu(), expected, atol=1e-5, rtol=0)
+    expected = torch.stack([TF.rgb_to_grayscale(x[i], 3) if mask[i] else x[i] for i in range(4)])
+    torch.testing.assert_close(G.random_grayscale(xd, md).cpu(), expected, atol=1e-5, rtol=0)
+
+
+@on_devices
+def test_rotation_matches_torchvision(device):
+    x = torch.rand(3, 3, 20, 28, generator=_gen(5))
+    angles = torch.tensor([5.0, -3.0, 0.0])
+    out = G.rotate(x.to(device), angles.to(device)).cpu()
+    for i in range(3):
+        expected = TF.rotate(x[i], float(angles[i]), interpolation=InterpolationMode.BILINEAR)
+        torch.testing.assert_close(out[i], expected, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- distributions
+def _cpu_crop_fractions(n, height, width, seed):
+    torch.manual_seed(seed)
+    crop = v2.RandomResizedCrop(224, scale=(0.5, 1.0))
+    image = Image.new("RGB", (width, height))
+    boxes = [crop.make_params([image]) for _ in range(n)]
+    return np.array([(b["height"] * b["width"]) / (height * width) for b in boxes]), np.array(
+        [b["width"] / b["height"] for b in boxes]
+    )
+
+
+@on_devices
+def test_crop_sampler_matches_torchvision_distribution(device):
+    height, width, n = 576, 720, 4000
+    cfg = PretrainAugConfig()
+    boxes = G.sample_crop_boxes(n, height, width, cfg.scale, cfg.ratio, generator=_gen(6, device), device=device)
+    top, left, h, w = (b.cpu() for b in boxes)
+    fractions = (h * w / (height * width)).numpy()
+    aspect = (w / h).numpy()
+    cpu_fractions, cpu_aspect = _cpu_crop_fractions(n, height, width, seed=6)
+    assert fractions.min() >= 0.5 * 0.995 and fractions.max() <= 1.0
+    assert abs(fractions.mean() - cpu_fractions.mean()) < 0.012  # sd of the difference ~0.003
+    assert aspect.min() >= 0.75 * 0.99 and aspect.max() <= 4 / 3 * 1.01
+    assert abs(np.log(aspect).mean() - np.log(cpu_aspect).mean()) < 0.02
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+
+
+def _ramp_image(height, width) -> torch.Tensor:
+    """R encodes the column, G the row (0..255), so a view's value span reveals its crop."""
+    cols = torch.linspace(0, 255, width).round().view(1, width).expand(height, width)
+    rows = torch.linspace(0, 255, height).round().view(height, 1).expand(height, width)
+    return torch.stack([cols, rows, torch.zeros(height, width)]).to(torch.uint8)
+
+
+def _crop_fraction_from_ramp(levels: torch.Tensor, size: int) -> torch.Tensor:
+    """Area fraction of the crop behind (N,3,size,size) views of the ramp image."""
+    span_x = levels[:, 0].amax(dim=(1, 2)) - levels[:, 0].amin(dim=(1, 2))
+    span_y = levels[:, 1].amax(dim=(1, 2)) - levels[:, 1].amin(dim=(1, 2))
+    # Output pixel centres cover (1 - 1/size) of the crop's extent.
+    return (span_x / 255 / (1 - 1 / size)) * (span_y / 255 / (1 - 1 / size))
+
+
+def test_views_crop_like_the_cpu_reference():
+    """End to end: crop area fractions seen in the views, GPU module vs CPU transform."""
+    size, height, width = 32, 90, 110
+    config = dataclasses.replace(QUIET_PRETRAIN, size=size)
+    image = _ramp_image(height, width)
+    gpu_views = G.GPUPretrainAugment(config=config)(image.expand(800, -1, -1, -1).contiguous(), generator=_gen(8))
+    gpu = _crop_fraction_from_ramp(_levels(torch.cat(gpu_views)), size)
+    torch.manual_seed(8)
+    cpu_transform = PretrainTransform(config=config)
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    cpu = _crop_fraction_from_ramp(_levels(torch.stack([v for _ in range(400) for v in cpu_transform(pil)])), size)
+    for fractions in (gpu, cpu):
+        assert fractions.min() > 0.45 and fractions.max() < 1.03
+    assert abs(gpu.mean() - cpu.mean()) < 0.03
+
+
+def _rate(values: torch.Tensor) -> float:
+    return values.float().mean().item()
+
+
+@on_devices
+def test_pretrain_op_rates_match_configuration(device):
+    n = 1500
+
+    def run(config, batch, seed):
+        return _levels(G.GPUPretrainAugment(config=config).to(device)(batch.to(device), generator=_gen(seed, device))[0].cpu())
+
+    # Grayscale: colour noise keeps unequal channels unless grayscale fires (all other ops on).
+    levels = run(PretrainAugConfig(size=8), _noise(n, 12, 12, seed=9), 9)
+    gray = ((levels[:, 0] - levels[:, 1]).abs().amax(dim=(1, 2)) < 1e-3) & (
+        (levels[:, 1] - levels[:, 2]).abs().amax(dim=(1, 2)) < 1e-3
+    )
+    assert abs(_rate(gray) - 0.15) < 0.03  # binomial sd ~0.009
+
+    # Solarize and flip: left half 200 (solarized: 55), right half 100 (never solarized).
+    halves = torch.full((n, 3, 8, 8), 100, dtype=torch.uint8)
+    halves[..., :4] = 200
+    cfg = dataclasses.replace(_identity_geometry(PretrainAugConfig(), 8), color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, equalize_p=0.0)
+    levels = run(cfg, halves, 10).round()
+    left, right = levels[:, 0, 0, 0], levels[:, 0, 0, -1]
+    assert (((left == 200) | (left == 55) | (left == 100)) & ((right == 200) | (right == 55) | (right == 100))).all()
+    assert abs(_rate((left == 55) | (right == 55)) - 0.3) < 0.04
+    assert abs(_rate(left == 100) - 0.5) < 0.05
+
+    # Equalize: a low-contrast image gets stretched to the full range only when equalized
+    # (PIL's equalize needs >= 255 pixels per channel below the maximum, hence 24x24).
+    dull = _noise(n, 24, 24, low=100, high=105, seed=11)
+    cfg = dataclasses.replace(_identity_geometry(QUIET_PRETRAIN, 24), equalize_p=0.3)
+    levels = run(cfg, dull, 11)
+    assert abs(_rate(levels.amax(dim=(1, 2, 3)) - levels.amin(dim=(1, 2, 3)) > 100) - 0.3) < 0.04
+
+    # Colour jitter (brightness only): a grey image changes iff jitter fires; factor in [0.6, 1.4].
+    grey = torch.full((n, 3, 8, 8), 128, dtype=torch.uint8)
+    cfg = dataclasses.replace(_identity_geometry(QUIET_PRETRAIN, 8), color_jitter=(0.4, 0.0, 0.0, 0.0), color_jitter_p=0.8)
+    factor = run(cfg, grey, 12)[:, 0, 0, 0] / 128
+    assert abs(_rate((factor - 1).abs() > 1e-3) - 0.8) < 0.04
+    assert factor.min() > 0.6 - 1e-3 and factor.max() < 1.4 + 1e-3 and abs(factor.mean() - 1) < 0.02
+
+
+@on_devices
+def test_finetune_op_rates_match_configuration(device):
+    n, size = 1500, 16
+
+    def run(config, batch, seed):
+        return G.GPUFinetuneAugment(config=config).to(device)(batch.to(device), generator=_gen(seed, device)).cpu()
+
+    dull = _noise(n, size, size, low=100, high=105, seed=13)
+    levels = _levels(run(dataclasses.replace(QUIET_FINETUNE, size=size, autocontrast_p=0.3), dull, 13))
+    assert abs(_rate(levels.amax(dim=(1, 2, 3)) - levels.amin(dim=(1, 2, 3)) > 200) - 0.3) < 0.04
+
+    halves = torch.full((n, 3, size, size), 100, dtype=torch.uint8)
+    halves[..., : size // 2] = 200
+    levels = _levels(run(dataclasses.replace(QUIET_FINETUNE, size=size, flip_p=0.5), halves, 14))
+    assert abs(_rate(levels[:, 0, 0, 0].round() == 100) - 0.5) < 0.05
+
+    # Erasing writes 0 (the mean) into a box of 1-5 % of the image with h/w in [0.1, 1].
+    size = 64
+    noise = _noise(600, size, size, seed=15)
+    out = run(dataclasses.replace(QUIET_FINETUNE, size=size, erase_p=0.5), noise, 15)
+    zero = (out == 0).all(dim=1)
+    erased = zero.any(dim=(1, 2))
+    assert abs(_rate(erased) - 0.5) < 0.07
+    area = zero[erased].float().mean(dim=(1, 2))
+    assert area.min() >= 0.008 and area.max() <= 0.055
+    rows = zero[erased].any(dim=2).sum(dim=1).float()
+    cols = zero[erased].any(dim=1).sum(dim=1).float()
+    assert ((rows / cols) >= 0.1 * 0.8).all() and ((rows / cols) <= 1.0 * 1.25).all()
+
+
+def test_rotation_stays_within_five_degrees():
+    """A single bright column at the centre tilts by the rotation angle: |angle| <= 5 degrees."""
+    size, n = 65, 400
+    line = torch.zeros(n, 3, size, size, dtype=torch.uint8)
+    line[..., size // 2] = 255
+    cfg = dataclasses.replace(QUIET_FINETUNE, size=size, rotation_degrees=5.0)
+    levels = _levels(G.GPUFinetuneAugment(config=cfg)(line, generator=_gen(16)))[:, 0]
+    cols = torch.arange(size, dtype=torch.float32)
+    centre_of_mass = (levels * cols).sum(dim=2) / levels.sum(dim=2).clamp_min(1e-6)  # per row
+    top, bottom = centre_of_mass[:, 5], centre_of_mass[:, -6]
+    angle = torch.rad2deg(torch.atan((top - bottom) / (size - 11)))
+    assert angle.abs().max() <= 5.0 + 0.3
+    assert angle.abs().max() > 4.0 and angle.abs().mean() > 1.5  # spread over the range
+
+
+@on_devices
+def test_pixel_statistics_match_the_cpu_reference(device):
+    """Per-channel mean and spread of views of one image agree between CPU and GPU pipelines."""
+    height, width = 48, 60
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    base = torch.stack([0.2 + 0.6 * xx, 0.3 + 0.4 * yy, 0.5 * (1 - xx)]) * 255
+    image = (base + 30 * torch.rand(3, height, width, generator=_gen(17))).clamp(0, 255).to(torch.uint8)
+    size = 32
+    batch = image.expand(600, -1, -1, -1).contiguous().to(device)
+    gpu = torch.cat(G.GPUPretrainAugment(size=size).to(device)(batch, generator=_gen(17, device))).cpu()
+    torch.manual_seed(17)
+    transform = PretrainTransform(size=size)
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    cpu = torch.stack([v for _ in range(300) for v in transform(pil)])
+    gpu_mean, cpu_mean = gpu.mean(dim=(0, 2, 3)), cpu.mean(dim=(0, 2, 3))
+    gpu_std, cpu_std = gpu.std(dim=(0, 2, 3)), cpu.std(dim=(0, 2, 3))
+    torch.testing.assert_close(gpu_mean, cpu_mean, atol=0.1, rtol=0)
+    torch.testing.assert_close(gpu_std, cpu_std, atol=0.1, rtol=0.05)
+
+
+def test_finetune_statistics_match_the_cpu_reference():
+    from sewer_hf.augment import finetune_transform
+
+    image = _noise(1, 40, 40, low=40, high=200, seed=18)[0]
+    size = 24
+    gpu = G.GPUFinetuneAugment(size=size)(image.expand(600, -1, -1, -1).contiguous(), generator=_gen(18))
+    torch.manual_seed(18)
+    transform = finetune_transform(size=size)
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    cpu = torch.stack([transform(pil) for _ in range(600)])
+    torch.testing.assert_close(gpu.mean(dim=(0, 2, 3)), cpu.mean(dim=(0, 2, 3)), atol=0.1, rtol=0)
+    torch.testing.assert_close(gpu.std(dim=(0, 2, 3)), cpu.std(dim=(0, 2, 3)), atol=0.1, rtol=0.05)
