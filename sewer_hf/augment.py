@@ -131,7 +131,7 @@ class FinetuneAugConfig:
         _check_range("erase_ratio", self.erase_ratio, 1e-6)
 
 
-def _override(config: Any, **values: Any) -> Any:
+def with_overrides(config: Any, **values: Any) -> Any:
     """``config`` with the values that are not None replaced (validated again)."""
     given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
     return replace(config, **given) if given else config
@@ -223,7 +223,7 @@ class PretrainTransform:
         *,
         config: PretrainAugConfig | None = None,
     ) -> None:
-        self.config = _override(
+        self.config = with_overrides(
             config or PretrainAugConfig(),
             size=size, scale=scale, n_local_crops=n_local_crops, local_size=local_size,
             local_scale=local_scale, mean=tuple(mean) if mean is not None else None,
@@ -253,7 +253,7 @@ def finetune_transform(
     """PIL RGB image -> float (3,size,size) tensor with the paper's fine-tuning augmentations."""
     from torchvision.transforms import v2
 
-    cfg = _override(
+    cfg = with_overrides(
         config or FinetuneAugConfig(),
         size=size, mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
     )

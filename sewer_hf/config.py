@@ -184,10 +184,10 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
             return False
         raise ConfigError(f"{source}: {name}={value!r}: expected true or false")
     if annotation in (int, float):
-        if isinstance(value, str):
+        if isinstance(value, str):  # float() also reads what YAML 1.1 does not, e.g. 4e-3
             try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
+                value = int(value) if annotation is int and value.strip().lstrip("-").isdigit() else float(value)
+            except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {name}={value!r}: expected a number")

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sewer_hf import labels as L
 from sewer_hf.config import FinetuneConfig, save_config, to_dict
 from sewer_hf.errors import DataError
+from sewer_hf.losses import WeightedBCE
 from sewer_hf.sources import ensure_synthetic_data, load_split
 from sewer_hf.training import (
     CheckpointManager,
@@ -143,7 +143,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
     if cfg.compile:
         model = torch.compile(model)
-    pos_weight = torch.as_tensor(L.pos_weight(), device=accelerator.device)
+    criterion = WeightedBCE().to(accelerator.device)
 
     state = FinetuneState()
     accelerator.register_for_checkpointing(state)
@@ -183,7 +183,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     logits = model(batch["pixel_values"])
-                loss = F.binary_cross_entropy_with_logits(logits.float(), batch["labels"].float(), pos_weight=pos_weight)
+                loss = criterion(logits, batch["labels"])
                 check_finite(accelerator, loss, it, ckpt)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.clip_grad:

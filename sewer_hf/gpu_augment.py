@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, _override
+from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, with_overrides
 from sewer_hf.errors import ConfigError, DataError
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
@@ -347,7 +347,7 @@ class GPUPretrainAugment(nn.Module):
         antialias_prescale: bool = True,
     ) -> None:
         super().__init__()
-        self.config = _override(
+        self.config = with_overrides(
             config or PretrainAugConfig(),
             size=size, scale=scale, n_local_crops=n_local_crops, local_size=local_size, local_scale=local_scale,
             mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
@@ -369,7 +369,7 @@ class GPUPretrainAugment(nn.Module):
         target = (max(1, round(height * factor)), max(1, round(width * factor)))
         return F.interpolate(x, size=target, mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
 
-    def view(self, x: Tensor, size: int, scale: Sequence[float], generator=None) -> Tensor:
+    def augment_view(self, x: Tensor, size: int, scale: Sequence[float], generator=None) -> Tensor:
         """One augmented view of a float [0, 1] batch (already prescaled)."""
         cfg = self.config
         n, device = x.shape[0], x.device
@@ -390,8 +390,8 @@ class GPUPretrainAugment(nn.Module):
         _check_generator(generator, x.device)
         x = self._prescale(x)
         cfg = self.config
-        views = [self.view(x, cfg.size, cfg.scale, generator) for _ in range(self.n_global_views)]
-        views += [self.view(x, cfg.local_size, cfg.local_scale, generator) for _ in range(cfg.n_local_crops)]
+        views = [self.augment_view(x, cfg.size, cfg.scale, generator) for _ in range(self.n_global_views)]
+        views += [self.augment_view(x, cfg.local_size, cfg.local_scale, generator) for _ in range(cfg.n_local_crops)]
         return views
 
 
@@ -408,7 +408,7 @@ class GPUFinetuneAugment(nn.Module):
         config: FinetuneAugConfig | None = None,
     ) -> None:
         super().__init__()
-        self.config = _override(
+        self.config = with_overrides(
             config or FinetuneAugConfig(),
             size=size, mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
         )

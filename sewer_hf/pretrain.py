@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from sewer_hf import labels as L
 from sewer_hf.config import PretrainConfig, save_config, to_dict
 from sewer_hf.dino import unwrap as _unwrap
+from sewer_hf.losses import WeightedBCE
 from sewer_hf.sources import ensure_synthetic_data, fixed_subset, load_split
 from sewer_hf.training import (
     CheckpointManager,
@@ -134,7 +135,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if cfg.compile:
         student = torch.compile(student)
         teacher = torch.compile(teacher)
-    pos_weight = torch.as_tensor(L.pos_weight(), device=accelerator.device)
+    criterion = WeightedBCE().to(accelerator.device)
 
     state = TrainState()
     # The EMA teacher and the DINO center are not seen by `prepare`: register them for save_state.
@@ -198,8 +199,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     if hybrid_head is not None:
                         n = views[0].shape[0]
                         targets = batch["labels"].to(accelerator.device).repeat(2, 1)
-                        bce = F.binary_cross_entropy_with_logits(hybrid_head(feats[: 2 * n]).float(), targets,
-                                                                 pos_weight=pos_weight)
+                        bce = criterion(hybrid_head(feats[: 2 * n]), targets)
                         loss = loss + cfg.hybrid_weight * bce
                 check_finite(accelerator, loss, it, ckpt)
                 accelerator.backward(loss)

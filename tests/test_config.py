@@ -23,10 +23,10 @@ def test_paper_configs_hold_the_paper_values():
 
 def test_overrides_are_typed_and_win_over_the_file():
     cfg = config_from_argv(PretrainConfig, ["--config", str(CONFIGS / "smoke_dino.yaml"), "--epochs", "2",
-                                            "--max_steps=7", "--batch-size", "4", "--hybrid",
+                                            "--max_steps=7", "--batch-size", "4", "--hybrid", "--base_lr", "4e-3",
                                             "--global_crop_scale", "0.4,1.0", "--resume_from_checkpoint", "latest",
                                             "--data", "none"])
-    assert (cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.hybrid) == (2, 7, 4, True)
+    assert (cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.hybrid, cfg.base_lr) == (2, 7, 4, True, 4e-3)
     assert cfg.global_crop_scale == (0.4, 1.0)
     assert cfg.resume_from_checkpoint == "latest" and cfg.data is None
 

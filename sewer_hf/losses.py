@@ -1,0 +1,19 @@
+"""The paper's supervised loss: BCE with logits and per-class positive weights
+pos_weight_c = 2 (1 + CIW_c / mean CIW), so important, rare defects count more."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from sewer_hf.labels import pos_weight
+
+
+class WeightedBCE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", torch.as_tensor(pos_weight()), persistent=False)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # fp32 even under autocast: the weighted log-sigmoid is sensitive in half precision
+        return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=self.pos_weight)
