@@ -297,3 +297,22 @@ def eval_transform(
 def blur_kernel_size_for(sigma_max: float) -> int:
     """Odd Gaussian kernel size that covers +-3 sigma (how ``blur_kernel_size`` was chosen)."""
     return 2 * math.ceil(3 * sigma_max) + 1
+
+
+class DecodeForGPU:
+    """The CPU side of GPU augmentation: a decoded image, resized once (plain bicubic) to
+    ``size`` x ``size``, as a (3, size, size) uint8 tensor; the random ops then run batched on
+    the device (``sewer_hf.gpu_augment``). Prepared shards are already at this size."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+
+    def __call__(self, image: Any):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        image = to_rgb(image)
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)

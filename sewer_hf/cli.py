@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "check-data": ("sewer_hf.data", "add_check_data_arguments", "scan a split, list unreadable images"),
     "prepare": ("sewer_hf.prepare", "add_prepare_arguments", "write resized Parquet shards of a split"),
     "evaluate": ("sewer_hf.metrics.cli", "add_evaluate_arguments", "score a scores.csv against annotations"),
+    "quickstart": ("sewer_hf.quickstart", "add_quickstart_arguments", "the paper end to end in miniature (synthetic)"),
     "predict": ("sewer_hf.predict", "add_predict_arguments", "write the official scores file for a split"),
 }
 

@@ -31,6 +31,7 @@ class RunConfig:
     synthetic_train: int = 512  # size of the auto-generated synthetic set when `data` is None
     synthetic_val: int = 128
     synthetic_size: Optional[str] = "352x288"
+    synthetic_defect_fraction: Optional[float] = None  # None = the real Sewer-ML share of defect frames
     num_workers: int = 2
     # --- model ----------------------------------------------------------------------------
     arch: str = "vit_tiny"  # vit_tiny (ViT-T/16) or vit_small (ViT-S/16)
@@ -83,7 +84,8 @@ class PretrainConfig(RunConfig):
     n_local_crops: int = 0  # paper: two global views only, no multi-crop
     local_crop_size: int = 96
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    gpu_augment: bool = False  # augment batches on the accelerator (prepared shards)
+    gpu_augment: Optional[bool] = None  # batch augmentation on the accelerator; None = on when CUDA is used
+    decode_size: int = 256  # with gpu_augment: CPU workers only decode and resize to this square size
     # --- optimisation ---------------------------------------------------------------------
     base_lr: float = 5e-5  # paper: lr = 5e-5 * global_batch / 256
     warmup_epochs: float = 10  # paper: linear warm-up for 10 epochs ...
@@ -146,6 +148,7 @@ class FinetuneConfig(RunConfig):
     weight_decay: float = 0.05  # not given by the paper; timm's usual ViT fine-tuning value
     clip_grad: float = 0.0  # 0 = no clipping (the paper mentions none)
     tune_thresholds: bool = True  # per-class thresholds fitted on val, stored with the model
+    head_bias_from_prior: bool = True  # start the head at the best constant predictor (not in the paper)
     eval_every_epochs: int = 1
 
     def validate(self) -> None:

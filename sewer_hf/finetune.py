@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from sewer_hf import labels as L
 from sewer_hf.config import FinetuneConfig, save_config, to_dict
 from sewer_hf.errors import DataError
-from sewer_hf.losses import WeightedBCE
+from sewer_hf.losses import WeightedBCE, prior_logits
 from sewer_hf.sources import ensure_synthetic_data, load_split
 from sewer_hf.training import (
     CheckpointManager,
@@ -136,6 +136,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     # --- model, loss, optimizer -------------------------------------------------------------------
     model = build_model(cfg)
+    if cfg.head_bias_from_prior:
+        with torch.no_grad():
+            model.head.bias.copy_(prior_logits(np.asarray(train_hf["labels"])))
     trainable = model.head if cfg.linear_probe else model
     optimizer = torch.optim.AdamW(param_groups(trainable), fused=torch.cuda.is_available())
     for group in optimizer.param_groups:

@@ -17,3 +17,12 @@ class WeightedBCE(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # fp32 even under autocast: the weighted log-sigmoid is sensitive in half precision
         return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=self.pos_weight)
+
+
+def prior_logits(targets, eps: float = 1e-3) -> torch.Tensor:
+    """The logits of the best constant predictor under this loss: sigmoid(b_c) = w p / (w p + 1 - p)
+    for prevalence p and positive weight w, i.e. b_c = log(w p / (1 - p)). Starting a new head
+    there skips the many steps a zero-initialised head spends learning the class frequencies."""
+    p = torch.as_tensor(targets, dtype=torch.float64).mean(0).clamp(eps, 1 - eps)
+    w = torch.as_tensor(pos_weight(), dtype=torch.float64)
+    return torch.log(w * p / (1 - p)).float()

@@ -85,7 +85,8 @@ def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: fl
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
-    from sewer_hf.augment import PretrainTransform
+    from sewer_hf.augment import DecodeForGPU, PretrainTransform
+    from sewer_hf.gpu_augment import GPUPretrainAugment
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
     from sewer_hf.dino import (DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update,
                                param_groups, rankme)
@@ -103,9 +104,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     # --- data: each process reads its own share through the prepared DataLoader -------------
     train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
-    transform = PretrainTransform(size=cfg.image_size, scale=cfg.global_crop_scale,
-                                  n_local_crops=cfg.n_local_crops, local_size=cfg.local_crop_size,
-                                  local_scale=cfg.local_crop_scale)
+    aug_kwargs = dict(size=cfg.image_size, scale=cfg.global_crop_scale, n_local_crops=cfg.n_local_crops,
+                      local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
+    use_gpu_aug = cfg.gpu_augment if cfg.gpu_augment is not None else accelerator.device.type == "cuda"
+    if use_gpu_aug:  # workers only decode; the random views are drawn batched on the device
+        transform = DecodeForGPU(cfg.decode_size)
+        gpu_aug = GPUPretrainAugment(**aug_kwargs).to(accelerator.device)
+    else:
+        transform, gpu_aug = PretrainTransform(**aug_kwargs), None
     train_ds = SeededAugmentation(SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid), cfg.seed)
     loader = make_train_loader(train_ds, cfg, collate_skip_bad)
     if len(loader) == 0:
@@ -170,7 +176,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
         f"{global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"precision {cfg.mixed_precision}")
+        f"precision {cfg.mixed_precision}, augmentation on {'the device' if gpu_aug is not None else 'CPU workers'}")
 
     bar = tqdm(total=total_steps, initial=state.step, desc="pretrain", unit="step",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -180,8 +186,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     while state.step < total_steps and state.epoch < cfg.epochs:
         epoch = state.epoch
         for batch in state.epoch_batches(loader, train_ds, accelerator):
-            views = [v.to(accelerator.device, non_blocking=True) for v in batch["pixel_values"]]
             it = state.step
+            if gpu_aug is not None:
+                # Seeded by (seed, step, rank): a resumed run draws the same views.
+                gen = torch.Generator(device=accelerator.device).manual_seed(
+                    cfg.seed * 1_000_003 + it * 1_009 + accelerator.process_index)
+                views = gpu_aug(batch["pixel_values"].to(accelerator.device, non_blocking=True), generator=gen)
+            else:
+                views = [v.to(accelerator.device, non_blocking=True) for v in batch["pixel_values"]]
             for i, group in enumerate(optimizer.param_groups):
                 group["lr"] = float(lr_sched[it])
                 if i % 2 == 0:  # param_groups() puts the regularised group first

@@ -15,7 +15,8 @@ def synthetic_data_dir(cfg) -> Path:
     """Where the auto-generated synthetic Sewer-ML set for `data: null` lives (generated once)."""
     cache = Path(os.environ.get("SEWER_HF_CACHE", Path.home() / ".cache" / "sewer_hf"))
     size = cfg.synthetic_size or "mixed"
-    return cache / "synthetic" / f"train{cfg.synthetic_train}_val{cfg.synthetic_val}_{size}_seed{cfg.seed}"
+    defects = "" if cfg.synthetic_defect_fraction is None else f"_defects{cfg.synthetic_defect_fraction}"
+    return cache / "synthetic" / f"train{cfg.synthetic_train}_val{cfg.synthetic_val}_{size}{defects}_seed{cfg.seed}"
 
 
 def ensure_synthetic_data(cfg, accelerator) -> str:
@@ -27,7 +28,7 @@ def ensure_synthetic_data(cfg, accelerator) -> str:
             logger.info("no `data` given: generating a synthetic Sewer-ML set into %s", root)
             size = tuple(int(v) for v in cfg.synthetic_size.split("x")) if cfg.synthetic_size else None
             synth.generate_dataset(root, cfg.synthetic_train, cfg.synthetic_val, seed=cfg.seed, size=size,
-                                   progress=True)
+                                   defect_fraction=cfg.synthetic_defect_fraction, progress=True, overwrite=True)
             (root / ".complete").write_text("ok\n")
     return str(root)
 

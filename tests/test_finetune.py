@@ -119,3 +119,15 @@ def test_fraction_and_resume_from_scratch(tiny_data, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
     lines = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert sum("loss" in r for r in lines) == 6  # 24 of 48 images, batch 8: 3 steps x 2 epochs
+
+
+def test_prior_logits_minimise_the_weighted_loss_among_constants():
+    from sewer_hf.losses import WeightedBCE, prior_logits
+
+    rng = np.random.default_rng(0)
+    y = torch.as_tensor((rng.random((400, 17)) < np.linspace(0.02, 0.6, 17)).astype(np.float32))
+    b = prior_logits(y)
+    loss = WeightedBCE()
+    best = loss(b.expand(400, 17), y)
+    for shift in (-0.2, 0.2):
+        assert loss((b + shift).expand(400, 17), y) > best

@@ -123,3 +123,11 @@ def test_two_processes_match_one_process(tiny_data, tmp_path):
     assert not torch.equal(r0["center"], torch.zeros_like(r0["center"]))
     worst = max((r0[k] - one[k]).abs().max().item() for k in r0)
     assert worst < 1e-5, worst  # same global batch: same result up to float reduction order (a different seed: ~0.1)
+
+
+def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
+    """The GPU path (workers decode to uint8, views drawn batched) runs on any device."""
+    result = run(tiny_data, tmp_path / "gpuaug", epochs=1, gpu_augment=True, decode_size=48, knn_eval=False,
+                 rankme_samples=0)
+    lines = [json.loads(l) for l in (tmp_path / "gpuaug" / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == 5 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
