@@ -32,6 +32,8 @@ Sections:
 """
 from __future__ import annotations
 
+import hashlib
+
 import csv
 import glob
 import io
@@ -497,7 +499,14 @@ def _load_from_csv(root: Path, split: str, csv_path: Path, drop_missing: bool, c
     features = _features(arrow.column_names)
     features["image"] = datasets.Value("string")
     info = datasets.DatasetInfo(description=description, features=features, license=SEWER_ML_LICENSE, citation=SEWER_ML_CITATION)
-    ds = datasets.Dataset(datasets.table.InMemoryTable(arrow), info=info, split=datasets.NamedSplit(HF_SPLIT_NAMES[split]))
+    # An explicit fingerprint (the CSV's identity and the options): `datasets` would otherwise
+    # pickle the whole table to hash it, which is slow for 1 M rows and fails on some
+    # Python / pyarrow / dill combinations (seen on Python 3.12).
+    stat = Path(csv_path).stat()
+    fingerprint = hashlib.sha256(repr((str(Path(csv_path).resolve()), stat.st_size, stat.st_mtime_ns, split,
+                                       drop_missing, check_files, str(root))).encode()).hexdigest()[:32]
+    ds = datasets.Dataset(datasets.table.InMemoryTable(arrow), info=info, split=datasets.NamedSplit(HF_SPLIT_NAMES[split]),
+                          fingerprint=fingerprint)
     return ds.cast_column("image", datasets.Image()), missing_names
 
 

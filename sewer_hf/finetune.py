@@ -144,8 +144,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     for group in optimizer.param_groups:
         group["weight_decay"] = cfg.weight_decay if group.get("weight_decay", 0.0) != 0.0 else 0.0
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
-    if cfg.compile:
-        model = torch.compile(model)
+    model_fwd = torch.compile(model) if cfg.compile else model  # checkpoints use the plain module
     criterion = WeightedBCE().to(accelerator.device)
 
     state = FinetuneState()
@@ -185,7 +184,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 group["lr"] = float(lr_sched[it])
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    logits = model(batch["pixel_values"])
+                    logits = model_fwd(batch["pixel_values"])
                 loss = criterion(logits, batch["labels"])
                 check_finite(accelerator, loss, it, ckpt)
                 accelerator.backward(loss)

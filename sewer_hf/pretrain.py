@@ -138,9 +138,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         hybrid_head = prepared[3]
     teacher.to(accelerator.device)
     dino_loss.to(accelerator.device)
-    if cfg.compile:
-        student = torch.compile(student)
-        teacher = torch.compile(teacher)
+    # Compiled callables for the forward passes only; checkpoints and EMA use the plain modules.
+    student_fwd = torch.compile(student) if cfg.compile else student
+    teacher_fwd = torch.compile(teacher) if cfg.compile else teacher
     criterion = WeightedBCE().to(accelerator.device)
 
     state = TrainState()
@@ -202,11 +202,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             with accelerator.accumulate(student):
                 with accelerator.autocast():
                     with torch.no_grad():
-                        teacher_out = teacher(views[:2])  # teacher sees only the global views
+                        teacher_out = teacher_fwd(views[:2])  # teacher sees only the global views
                     if hybrid_head is not None:
-                        student_out, feats = student(views, return_features=True)
+                        student_out, feats = student_fwd(views, return_features=True)
                     else:
-                        student_out = student(views)
+                        student_out = student_fwd(views)
                     loss = dino_loss(student_out, teacher_out, epoch)
                     if hybrid_head is not None:
                         n = views[0].shape[0]
