@@ -23,7 +23,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sewer_hf.augment import DecodeForGPU, PretrainTransform
 from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, ema_update, param_groups

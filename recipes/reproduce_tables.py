@@ -36,6 +36,7 @@ PAPER_TABLE2 = {
 }
 PAPER_TABLE3 = {("vit_tiny", False): 74.37, ("vit_tiny", True): 26.71, ("vit_small", False): 50.56,
                 ("vit_small", True): 26.87}
+SMOKE_PRETRAIN_EPOCHS, SMOKE_FINETUNE_EPOCHS = 4, 3
 NAMES = {"vit_tiny": "ViT-T/16", "vit_small": "ViT-S/16"}
 FRACTIONS = {"10%": 0.1, "50%": 0.5, "100%": 1.0}
 
@@ -134,6 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="override every pretraining's epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="override every fine-tuning's epochs")
     args = parser.parse_args(argv)
+    if args.budget == "smoke":  # 20 runs in < 30 min on 2 CPU cores
+        args.pretrain_epochs = args.pretrain_epochs or SMOKE_PRETRAIN_EPOCHS
+        args.finetune_epochs = args.finetune_epochs or SMOKE_FINETUNE_EPOCHS
     start = time.perf_counter()
     results = run_grid(args)
     results["seconds"] = round(time.perf_counter() - start, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
@@ -53,8 +53,9 @@ class RunConfig:
     save_every_steps: int = 500
     keep_last: int = 3
     resume_from_checkpoint: Optional[str] = None  # "latest" or a checkpoint folder
-    push_to_hub: bool = False
+    push_to_hub: bool = False  # at the end of the run, push the exported model (needs HF_TOKEN or a login)
     hub_model_id: Optional[str] = None
+    hub_private_repo: bool = True
 
     def validate(self) -> None:
         _check_choice("arch", self.arch, ("vit_tiny", "vit_small", "vit_tiny_patch16_224", "vit_small_patch16_224"))

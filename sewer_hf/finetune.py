@@ -21,20 +21,23 @@ import torch
 from tqdm.auto import tqdm
 
 from sewer_hf import labels as L
-from sewer_hf.config import FinetuneConfig, save_config, to_dict
+from sewer_hf.config import FinetuneConfig, save_config
 from sewer_hf.errors import DataError
 from sewer_hf.losses import WeightedBCE, prior_logits
-from sewer_hf.sources import ensure_synthetic_data, load_split
+from sewer_hf.sources import load_split
 from sewer_hf.training import (
     CheckpointManager,
     MetricsLog,
+    Progress,
     SeededAugmentation,
-    Throughput,
     TrainState,
     check_finite,
-    make_accelerator,
     make_train_loader,
+    mark_weight_decay_groups,
+    resume_and_track,
     scaled_lr,
+    set_lr_wd,
+    start_run,
     steps_per_epoch,
 )
 
@@ -99,22 +102,16 @@ def predict_scores(model, loader, accelerator, desc: str = "eval") -> tuple[np.n
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    from accelerate.utils import set_seed
-
     from sewer_hf.augment import eval_transform, finetune_transform
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
     from sewer_hf.dino import param_groups
     from sewer_hf.metrics import compute_metrics
     from sewer_hf.sampling import stratified_fraction
+    from sewer_hf.hub import check_push_config, push_after_run
 
-    cfg.validate()
-    accelerator = make_accelerator(cfg)
-    set_seed(cfg.seed)
+    check_push_config(cfg)  # --push_to_hub: no id or no token fails now, not after training
+    accelerator, data = start_run(cfg)
     out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        save_config(cfg, out / "config.yaml")
-    data = cfg.data or ensure_synthetic_data(cfg, accelerator)
 
     # --- data -----------------------------------------------------------------------------------
     train_hf = load_split(data, cfg.split, labelled=True)
@@ -141,8 +138,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             model.head.bias.copy_(prior_logits(np.asarray(train_hf["labels"])))
     trainable = model.head if cfg.linear_probe else model
     optimizer = torch.optim.AdamW(param_groups(trainable), fused=torch.cuda.is_available())
-    for group in optimizer.param_groups:
-        group["weight_decay"] = cfg.weight_decay if group.get("weight_decay", 0.0) != 0.0 else 0.0
+    mark_weight_decay_groups(optimizer, cfg.weight_decay)
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
     model_fwd = torch.compile(model) if cfg.compile else model  # checkpoints use the plain module
     criterion = WeightedBCE().to(accelerator.device)
@@ -158,30 +154,18 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     lr_sched = multistep_lr(peak_lr, cfg.lr_milestones, cfg.lr_gamma, cfg.epochs, iters)
     total_steps = cfg.epochs * iters if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * iters)
 
-    resume = ckpt.resolve(cfg.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        log.truncate_after(state.step)
-        accelerator.print(f"resumed from {resume} at step {state.step} (epoch {state.epoch})")
-    if accelerator.is_main_process:
-        accelerator.init_trackers("finetune", config={k: v for k, v in to_dict(cfg).items()
-                                                       if isinstance(v, (int, float, str, bool))})
+    resume_and_track(accelerator, cfg, state, ckpt, log, "finetune")
     mode = "linear probe" if cfg.linear_probe else ("fine-tune" if cfg.backbone else "supervised from scratch")
     accelerator.print(
         f"{mode} {cfg.arch}: {len(train_hf)}/{n_full} train images (fraction {cfg.fraction}), {len(val_hf)} val, "
         f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}")
 
-    bar = tqdm(total=total_steps, initial=state.step, desc=mode, unit="step",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    speed = Throughput()
+    progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc=mode)
     model.train()
-    last_saved = state.step
     while state.step < total_steps and state.epoch < cfg.epochs:
-        epoch = state.epoch
         for batch in state.epoch_batches(loader, train_ds, accelerator):
             it = state.step
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr_sched[it])
+            set_lr_wd(optimizer, float(lr_sched[it]))
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     logits = model_fwd(batch["pixel_values"])
@@ -194,36 +178,24 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
-            state.step += 1
-            n_images = batch["pixel_values"].shape[0] * accelerator.num_processes
-            state.images_seen += n_images
-            ips = speed.update(n_images)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_sched[it]:.1e}", img_s=f"{ips:.1f}")
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
-                log.write({"step": state.step, "epoch": epoch, "loss": loss.item(), "lr": float(lr_sched[it]),
-                           "img_per_s": ips, "skipped_images": state.skipped_images})
-            if state.step % cfg.save_every_steps == 0:
-                ckpt.save(state.step)
-                last_saved = state.step
-            if state.step >= total_steps:
+            progress.step_done(batch["pixel_values"].shape[0] * accelerator.num_processes, loss,
+                               {"lr": float(lr_sched[it])})
+            if progress.finished:
                 break
         if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
             state.end_epoch()
             if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
                 validate(cfg, accelerator, model, val_loader, state, log, compute_metrics)
-            ckpt.save(state.step)
-            last_saved = state.step
-    bar.close()
-    if state.best_epoch < 0 or state.step != last_saved:  # stopped mid-epoch by max_steps
+            progress.save()
+    if state.best_epoch < 0 or state.step != progress.last_saved:  # stopped mid-epoch by max_steps
         validate(cfg, accelerator, model, val_loader, state, log, compute_metrics)
-        ckpt.save(state.step)
+    progress.close()
     result = {"steps": state.step, "best_epoch": state.best_epoch, "best_F2_CIW": state.best_f2_ciw,
               "skipped_images": state.skipped_images, "classifier": str(out / "classifier")}
-    if state.skipped_images:
-        accelerator.print(f"warning: {state.skipped_images} unreadable images were skipped")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if cfg.push_to_hub and accelerator.is_main_process:
+        result["hub_url"] = push_after_run(cfg, out / "classifier")
     return result
 
 

@@ -15,30 +15,31 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sewer_hf import labels as L
-from sewer_hf.config import PretrainConfig, save_config, to_dict
+from sewer_hf.config import PretrainConfig, save_config
 from sewer_hf.dino import unwrap as _unwrap
 from sewer_hf.losses import WeightedBCE
-from sewer_hf.sources import ensure_synthetic_data, fixed_subset, load_split
+from sewer_hf.sources import fixed_subset, load_split
 from sewer_hf.training import (
     CheckpointManager,
     MetricsLog,
-    Throughput,
+    Progress,
     SeededAugmentation,
     TrainState,
     check_finite,
-    make_accelerator,
     make_train_loader,
+    mark_weight_decay_groups,
+    resume_and_track,
     scaled_lr,
+    set_lr_wd,
+    start_run,
     steps_per_epoch,
 )
 
@@ -83,24 +84,16 @@ def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: fl
 # ------------------------------------------------------------------------------------------------
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    from accelerate.utils import set_seed
-
     from sewer_hf.augment import DecodeForGPU, PretrainTransform
     from sewer_hf.gpu_augment import GPUPretrainAugment
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
-    from sewer_hf.dino import (DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update,
-                               param_groups, rankme)
+    from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update, param_groups
     from sewer_hf.model import build_student_teacher
+    from sewer_hf.hub import check_push_config, push_after_run
 
-    cfg.validate()
-    accelerator = make_accelerator(cfg)
-    set_seed(cfg.seed)
+    check_push_config(cfg)  # --push_to_hub: no id or no token fails now, not after training
+    accelerator, data = start_run(cfg)
     out = Path(cfg.output_dir)
-    if accelerator.is_main_process:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    data = cfg.data or ensure_synthetic_data(cfg, accelerator)
 
     # --- data: each process reads its own share through the prepared DataLoader -------------
     train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
@@ -130,6 +123,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                          n_epochs=cfg.epochs, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum)
     groups = param_groups(student) + (param_groups(hybrid_head) if hybrid_head is not None else [])
     optimizer = torch.optim.AdamW(groups, fused=torch.cuda.is_available())
+    mark_weight_decay_groups(optimizer, cfg.weight_decay)
 
     modules = [student, optimizer, loader] + ([hybrid_head] if hybrid_head is not None else [])
     prepared = accelerator.prepare(*modules)
@@ -159,30 +153,20 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     mom_sched = cosine_schedule(cfg.momentum_teacher, cfg.momentum_teacher_end, cfg.epochs, iters)
     total_steps = cfg.epochs * iters if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * iters)
 
-    resume = ckpt.resolve(cfg.resume_from_checkpoint)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        log.truncate_after(state.step)
-        accelerator.print(f"resumed from {resume} at step {state.step} (epoch {state.epoch})")
+    resume_and_track(accelerator, cfg, state, ckpt, log, "pretrain_dino")
 
     # Held-out frames for RankMe: the val split if there is one, else a fixed slice of train.
     probe = None
     if accelerator.is_main_process and cfg.rankme_samples > 0:
         probe = fixed_subset(load_split(data, cfg.val_split, labelled=False) or train_hf, cfg.rankme_samples, cfg.seed)
 
-    if accelerator.is_main_process:
-        accelerator.init_trackers("pretrain_dino", config={k: v for k, v in to_dict(cfg).items()
-                                                            if isinstance(v, (int, float, str, bool))})
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
         f"{global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
         f"precision {cfg.mixed_precision}, augmentation on {'the device' if gpu_aug is not None else 'CPU workers'}")
 
-    bar = tqdm(total=total_steps, initial=state.step, desc="pretrain", unit="step",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    speed = Throughput()
+    progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc="pretrain")
     student.train()
-    last_saved = state.step
     while state.step < total_steps and state.epoch < cfg.epochs:
         epoch = state.epoch
         for batch in state.epoch_batches(loader, train_ds, accelerator):
@@ -194,10 +178,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 views = gpu_aug(batch["pixel_values"].to(accelerator.device, non_blocking=True), generator=gen)
             else:
                 views = [v.to(accelerator.device, non_blocking=True) for v in batch["pixel_values"]]
-            for i, group in enumerate(optimizer.param_groups):
-                group["lr"] = float(lr_sched[it])
-                if i % 2 == 0:  # param_groups() puts the regularised group first
-                    group["weight_decay"] = float(wd_sched[it])
+            set_lr_wd(optimizer, float(lr_sched[it]), float(wd_sched[it]))
 
             with accelerator.accumulate(student):
                 with accelerator.autocast():
@@ -225,35 +206,18 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             if not accelerator.sync_gradients:
                 continue
             ema_update(teacher, accelerator.unwrap_model(student), float(mom_sched[it]))
-            state.step += 1
-            n_images = views[0].shape[0] * accelerator.num_processes
-            state.images_seen += n_images
-            ips = speed.update(n_images)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_sched[it]:.1e}", img_s=f"{ips:.1f}")
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
-                record = {"step": state.step, "epoch": epoch, "loss": loss.item(), "lr": float(lr_sched[it]),
-                          "wd": float(wd_sched[it]), "teacher_momentum": float(mom_sched[it]),
-                          "teacher_temp": float(dino_loss.teacher_temp_at(epoch)), "img_per_s": ips,
-                          "skipped_images": state.skipped_images}
-                if hybrid_head is not None:
-                    record["bce"] = bce.item()
-                log.write(record)
-            if state.step % cfg.save_every_steps == 0:
-                ckpt.save(state.step)
-                last_saved = state.step
-            if state.step >= total_steps:
+            record = {"lr": float(lr_sched[it]), "wd": float(wd_sched[it]), "teacher_momentum": float(mom_sched[it]),
+                      "teacher_temp": dino_loss.teacher_temp_at(epoch)}
+            if hybrid_head is not None:
+                record["bce"] = bce.item()
+            progress.step_done(views[0].shape[0] * accelerator.num_processes, loss, record)
+            if progress.finished:
                 break
         if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
             state.end_epoch()
             epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch)
-            ckpt.save(state.step)
-            last_saved = state.step
-    bar.close()
-    if last_saved != state.step:
-        ckpt.save(state.step)
-    if state.skipped_images:
-        accelerator.print(f"warning: {state.skipped_images} unreadable images were skipped")
+            progress.save()
+    progress.close()
 
     if cfg.save_rank_states:  # lets a test compare the teacher and center of every process
         from safetensors.torch import save_file
@@ -271,7 +235,18 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         result.update(finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf))
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if cfg.push_to_hub and accelerator.is_main_process:
+        result["hub_url"] = push_after_run(cfg, out / "backbone")
     return result
+
+
+def collapse_warning(entropy: float, rank: float, out_dim: int) -> Optional[str]:
+    """DINO's two collapse modes: a uniform teacher (entropy near ln K) or one dominant
+    dimension (RankMe near 1)."""
+    if entropy > 0.95 * math.log(out_dim) or rank < 1.5:
+        return (f"looks collapsed: teacher entropy {entropy:.3f} (ln K = {math.log(out_dim):.3f}), RankMe {rank:.2f}. "
+                "Check teacher_temp, the center momentum and the lr.")
+    return None
 
 
 def epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch) -> None:
@@ -288,10 +263,9 @@ def epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, e
     rank = rankme(feats)
     log.write({"step": state.step, "epoch": epoch, "rankme": rank, "teacher_entropy": entropy,
                "teacher_entropy_max": math.log(cfg.out_dim)})
-    if entropy > 0.95 * math.log(cfg.out_dim) or rank < 1.5:
-        logger.warning("epoch %d looks collapsed: teacher entropy %.3f (ln K = %.3f), RankMe %.2f. "
-                       "Check teacher_temp, the center momentum and the lr.", epoch, entropy,
-                       math.log(cfg.out_dim), rank)
+    message = collapse_warning(entropy, rank, cfg.out_dim)
+    if message:
+        logger.warning("epoch %d %s", epoch, message)
 
 
 def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dict[str, Any]:

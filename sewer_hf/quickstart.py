@@ -2,7 +2,8 @@
 
 Stages (each one's result is kept in `<out>/<stage>/stage.json`, so a re-run reuses finished
 stages): synthetic data -> DINO pretraining (smoke) -> fine-tuning from it -> the same budget
-from scratch -> predict + evaluate both on Val -> `pipeline(...)` on a held-out frame. A table
+from scratch -> predict + evaluate both on Val -> `pipeline(...)` on a held-out frame -> the Hub
+repo folder of the fine-tuned classifier, as a dry run (`<out>/hub_dry_run/`). A table
 and `<out>/summary.json` close the run. Synthetic numbers are not Sewer-ML numbers.
 """
 from __future__ import annotations
@@ -125,10 +126,24 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 768, n_val: i
 
     pipe = run_stage(out, "pipeline", pipeline_stage, timings)
 
+    def push_stage():  # the Hub repo folder `sewer-hf push` would upload (dry run: no token, no network)
+        import shutil
+
+        from sewer_hf.hub import push_model
+
+        folder = out / "hub_dry_run"
+        shutil.rmtree(folder, ignore_errors=True)  # left half-written by an interrupted run
+        result = push_model(out / "ssl_finetune" / "classifier", "your-name/sewer-vit-tiny-quickstart",
+                            dry_run=True, out_dir=folder, synthetic=True)
+        return {"folder": str(folder), "files": result.files}
+
+    hub = run_stage(out, "push", push_stage, timings)
+
     summary = {
         "ssl_finetune": evaluation["ssl_finetune"], "supervised": evaluation["supervised"],
         "knn": dino.get("knn"), "pipeline_top5": pipe["top5"], "stage_seconds": timings,
         "total_seconds": round(time.perf_counter() - wall, 1),
+        "hub_dry_run": hub["folder"],
         "note": "Synthetic data: these numbers are not Sewer-ML numbers.",
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -146,6 +161,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     for stage, sec in summary["stage_seconds"].items():
         print(f"| {stage} | {sec:.0f} |")
     print(f"\npipeline on a held-out frame with roots (RO): top 5 {summary['pipeline_top5']}")
+    if summary.get("hub_dry_run"):
+        print(f"Hub repo folder (dry run, with its model card): {summary['hub_dry_run']}")
     print(summary["note"])
 
 

@@ -175,6 +175,99 @@ def check_finite(accelerator, loss: torch.Tensor, step: int, ckpt: CheckpointMan
         )
 
 
+def start_run(cfg: Any):
+    """Validate the config, build the Accelerator, seed, write `<output_dir>/config.yaml`, and
+    resolve the data (a synthetic set is generated once when `data` is None)."""
+    from accelerate.utils import set_seed
+
+    from sewer_hf.config import save_config
+    from sewer_hf.sources import ensure_synthetic_data
+
+    cfg.validate()
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        save_config(cfg, Path(cfg.output_dir) / "config.yaml")
+    return accelerator, cfg.data or ensure_synthetic_data(cfg, accelerator)
+
+
+def resume_and_track(accelerator, cfg: Any, state: TrainState, ckpt: CheckpointManager, log: "MetricsLog",
+                     project: str) -> None:
+    """Load `resume_from_checkpoint` (if any) and start the trackers (TensorBoard, ...)."""
+    from sewer_hf.config import to_dict
+
+    resume = ckpt.resolve(cfg.resume_from_checkpoint)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        log.truncate_after(state.step)
+        accelerator.print(f"resumed from {resume} at step {state.step} (epoch {state.epoch})")
+    if accelerator.is_main_process:
+        accelerator.init_trackers(project, config={k: v for k, v in to_dict(cfg).items()
+                                                   if isinstance(v, (int, float, str, bool))})
+
+
+class Progress:
+    """What happens after every optimizer step, the same in every loop: counters, the progress
+    bar with img/s, a metrics.jsonl line every `log_every` steps, a checkpoint every
+    `save_every_steps` steps and at each epoch end, and a last one when the run stops."""
+
+    def __init__(self, accelerator, cfg: Any, state: TrainState, ckpt: CheckpointManager, log: "MetricsLog",
+                 total_steps: int, desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.accelerator, self.cfg, self.state, self.ckpt, self.log = accelerator, cfg, state, ckpt, log
+        self.total_steps = total_steps
+        self.last_saved = state.step
+        self.speed = Throughput()
+        self.bar = tqdm(total=total_steps, initial=state.step, desc=desc, unit="step",
+                        disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+
+    @property
+    def finished(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    def step_done(self, n_images: int, loss: torch.Tensor, record: dict[str, Any]) -> None:
+        """`record`: this step's scalars (lr, ...) for metrics.jsonl, computed lazily only when logged."""
+        state = self.state
+        state.step += 1
+        state.images_seen += n_images
+        ips = self.speed.update(n_images)
+        self.bar.update(1)
+        if state.step % self.cfg.log_every == 0 or self.finished:
+            value = loss.item()
+            self.bar.set_postfix(loss=f"{value:.3f}", lr=f"{record.get('lr', float('nan')):.1e}", img_s=f"{ips:.1f}")
+            self.log.write({"step": state.step, "epoch": state.epoch, "loss": value, **record, "img_per_s": ips,
+                            "skipped_images": state.skipped_images})
+        if state.step % self.cfg.save_every_steps == 0:
+            self.save()
+
+    def save(self) -> None:
+        self.ckpt.save(self.state.step)
+        self.last_saved = self.state.step
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.last_saved != self.state.step:
+            self.save()
+        if self.state.skipped_images:
+            self.accelerator.print(f"warning: {self.state.skipped_images} unreadable images were skipped")
+
+
+def mark_weight_decay_groups(optimizer, weight_decay: float) -> None:
+    """Tag the groups that take weight decay (param_groups() gives no-decay groups wd=0)."""
+    for group in optimizer.param_groups:
+        group["apply_wd"] = group.get("weight_decay", 0.0) != 0.0 and not group.get("no_decay", False)
+        group["weight_decay"] = weight_decay if group["apply_wd"] else 0.0
+
+
+def set_lr_wd(optimizer, lr: float, weight_decay: Optional[float] = None) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if weight_decay is not None and group.get("apply_wd"):
+            group["weight_decay"] = weight_decay
+
+
 class Throughput:
     """Images per second over a sliding window of recent steps (what the progress bar shows)."""
 

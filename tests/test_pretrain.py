@@ -131,3 +131,28 @@ def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
                  rankme_samples=0)
     lines = [json.loads(l) for l in (tmp_path / "gpuaug" / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == 5 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
+
+
+def test_hybrid_mode_adds_the_weighted_bce_and_logs_to_tensorboard(tiny_data, tmp_path):
+    run(tiny_data, tmp_path / "hybrid", epochs=1, hybrid=True, hybrid_weight=0.5, knn_eval=False,
+        rankme_samples=0, report_to="tensorboard")
+    lines = [json.loads(l) for l in (tmp_path / "hybrid" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r]
+    assert steps and all(r["bce"] > 0 and math.isfinite(r["bce"]) for r in steps)
+    # the hybrid objective is DINO + weight * BCE, so it exceeds the BCE part alone
+    assert all(r["loss"] > 0.5 * r["bce"] for r in steps)
+    events = list((tmp_path / "hybrid" / "logs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_collapse_warning():
+    from sewer_hf.pretrain import collapse_warning, teacher_entropy
+
+    uniform = torch.zeros(8, 64)
+    assert teacher_entropy(uniform, torch.zeros(1, 64), 0.04) == pytest.approx(math.log(64), rel=1e-5)
+    peaked = torch.zeros(8, 64)
+    peaked[:, 3] = 10.0
+    assert teacher_entropy(peaked, torch.zeros(1, 64), 0.04) < 0.01
+    assert collapse_warning(math.log(64) * 0.99, 20.0, 64) is not None  # uniform teacher
+    assert collapse_warning(1.0, 1.1, 64) is not None  # one dimension left
+    assert collapse_warning(1.0, 20.0, 64) is None

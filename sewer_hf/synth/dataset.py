@@ -9,6 +9,7 @@ Frame i is a pure function of (seed, i, size option, defect_fraction): its rando
 from __future__ import annotations
 
 import csv
+import json
 import io
 import os
 import re
@@ -23,6 +24,7 @@ from sewer_hf.labels import CLASSES, CSV_COLUMNS, FRAME_SIZES
 from sewer_hf.synth.label_sampler import check_defect_fraction, sample_labels
 from sewer_hf.synth.render import check_size, render_frame
 
+SYNTHETIC_MARKER = "synthetic.json"  # read by sewer_hf.hub to label models trained on this data
 PNG_COMPRESS_LEVEL = 1   # fast; noisy frames barely compress better at higher levels
 MAX_FRAMES = 99_999_999  # 8-digit filenames
 _FRAME_NAME = re.compile(r"^\d{8}\.png$")
@@ -137,6 +139,10 @@ def generate_dataset(out_dir, n_train: int, n_val: int, seed: int = 0,
             "normal": int(sum(not r[1].any() for r in rows)),
             "per_class": {c: int(n) for c, n in zip(CLASSES, label_sum)},
         }
+    # Marks the folder as generated: model cards of models trained on it say "synthetic data".
+    (out_dir / SYNTHETIC_MARKER).write_text(json.dumps(
+        {"generator": "sewer_hf.synth", "seed": int(seed), "defect_fraction": defect_fraction,
+         "frames": total, "note": "procedurally generated frames, not Sewer-ML images"}, indent=2) + "\n")
     return summary
 
 
