@@ -36,7 +36,7 @@ PAPER_TABLE2 = {
 }
 PAPER_TABLE3 = {("vit_tiny", False): 74.37, ("vit_tiny", True): 26.71, ("vit_small", False): 50.56,
                 ("vit_small", True): 26.87}
-SMOKE_PRETRAIN_EPOCHS, SMOKE_FINETUNE_EPOCHS = 4, 3
+SMOKE_PRETRAIN_EPOCHS, SMOKE_FINETUNE_EPOCHS = 2, 2
 NAMES = {"vit_tiny": "ViT-T/16", "vit_small": "ViT-S/16"}
 FRACTIONS = {"10%": 0.1, "50%": 0.5, "100%": 1.0}
 

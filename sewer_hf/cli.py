@@ -16,6 +16,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("sewer_hf.metrics.cli", "add_evaluate_arguments", "score a scores.csv against annotations"),
     "quickstart": ("sewer_hf.quickstart", "add_quickstart_arguments", "the paper end to end in miniature (synthetic)"),
     "predict": ("sewer_hf.predict", "add_predict_arguments", "write the official scores file for a split"),
+    "scan": ("sewer_hf.video", "add_scan_arguments", "scan inspection footage: timeline, events, HTML report"),
+    "synth-footage": ("sewer_hf.footage", "add_synth_footage_arguments", "write synthetic inspection footage + true events"),
+    "push": ("sewer_hf.hub", "add_push_arguments", "upload an exported model with its model card to the Hub"),
+    "push-dataset": ("sewer_hf.hub", "add_push_dataset_arguments", "upload prepared Sewer-ML shards as a dataset repo"),
+    "export-onnx": ("sewer_hf.onnx_export", "add_export_onnx_arguments", "write model.onnx for the ONNX Runtime backend"),
 }
 
 

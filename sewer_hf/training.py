@@ -186,6 +186,9 @@ def start_run(cfg: Any):
     cfg.validate()
     accelerator = make_accelerator(cfg)
     set_seed(cfg.seed)
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
     if accelerator.is_main_process:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         save_config(cfg, Path(cfg.output_dir) / "config.yaml")

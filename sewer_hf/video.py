@@ -1,0 +1,346 @@
+"""Scan inspection footage: stream-decode a video, classify sampled frames, find defect events.
+
+    scan = scan_footage("inspection.mp4", SewerClassifier(model_dir), fps=2, smooth=3)
+    write_report(scan, "report/")      # timeline.csv, events.json, timeline.png, report.html
+
+* Decoding is streaming (PyAV): frames are decoded one packet at a time, one in every
+  `1/fps` seconds is kept, resized to the model's input size and scored in batches of
+  `batch_size`; only the current batch and one small JPEG thumbnail per sampled frame (in a
+  temporary folder on disk) are kept, so memory does not grow with the video's length.
+* Damaged packets are decoded strictly (FFmpeg `err_detect=explode`): a frame that does not
+  decode cleanly is skipped and counted (`corrupt_frames`) instead of being passed on as
+  error-concealed garbage. A file that cannot be opened, has no video stream, or yields no
+  frame is a `DataError`.
+* Smoothing: a centred moving average over `smooth` samples (odd; 1 = none); at the ends the
+  window shrinks to the samples that exist. Centred, so an event is not shifted in time.
+* Events, per class: the runs of samples whose smoothed score is >= the model's tuned
+  threshold. A run covers [time of its first sample, time of its last sample + 1/fps); runs
+  separated by at most `merge_gap` seconds are merged. Each event has its peak (smoothed)
+  score and the time of that peak.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from sewer_hf import labels as L
+from sewer_hf.errors import ConfigError, DataError
+
+DEFAULT_SAMPLE_FPS = 2.0
+DEFAULT_SMOOTH = 3  # samples in the centred moving average (3 at 2 fps = 1.5 s)
+DEFAULT_MERGE_GAP_S = 1.0  # merge runs of one class that are this close
+DEFAULT_BATCH_SIZE = 32
+THUMBNAIL_HEIGHT = 96
+MAX_REPORT_THUMBNAILS = 48
+
+
+@dataclass
+class FootageInfo:
+    path: str
+    duration_s: Optional[float]  # None when the container does not say
+    width: int
+    height: int
+    codec: str
+    native_fps: Optional[float]
+
+
+@dataclass
+class DecodeStats:
+    decoded: int = 0  # frames decoded (sampled or not)
+    sampled: int = 0
+    corrupt: int = 0  # packets that failed to decode, skipped
+
+
+@dataclass
+class ScanResult:
+    """Everything a report needs. `scores` are raw per-sample sigmoid scores, `smoothed` the
+    moving average the events are computed from; both (n_samples, 17)."""
+
+    source: str
+    model: str
+    info: FootageInfo
+    sample_fps: float
+    smooth: int
+    merge_gap_s: float
+    times: np.ndarray
+    scores: np.ndarray
+    smoothed: np.ndarray
+    thresholds: np.ndarray
+    events: dict[str, list[dict]]
+    stats: DecodeStats
+    thumbnails: dict[int, bytes] = field(default_factory=dict)  # sample index -> JPEG bytes
+
+    @property
+    def flags(self) -> np.ndarray:
+        """(n_samples, 17) bool: smoothed score >= threshold."""
+        return self.smoothed >= self.thresholds[None, :]
+
+    @property
+    def duration_s(self) -> float:
+        if self.info.duration_s is not None:
+            return float(self.info.duration_s)
+        return float(self.times[-1] + 1.0 / self.sample_fps) if len(self.times) else 0.0
+
+    def flat_events(self) -> list[dict]:
+        """All events, each with its class code, sorted by start time."""
+        out = [dict(ev, **{"class": code}) for code, evs in self.events.items() for ev in evs]
+        return sorted(out, key=lambda e: (e["start"], L.CLASSES.index(e["class"])))
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding
+# ------------------------------------------------------------------------------------------------
+
+def open_footage(path: str | Path):
+    """(container, video stream, FootageInfo); a clear DataError for what cannot be scanned."""
+    import av
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: no such video file")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: the file is empty (0 bytes), expected a video")
+    try:
+        container = av.open(str(p), "r")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(f"{p}: not a readable video file ({exc})") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise DataError(f"{p}: has no video stream (streams: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    # strict decoding: a damaged packet raises (skipped and counted) instead of being concealed
+    stream.codec_context.options = {"err_detect": "explode"}
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1_000_000  # AV_TIME_BASE
+    rate = stream.average_rate or stream.guessed_rate
+    info = FootageInfo(str(p), duration if duration and duration > 0 else None, stream.codec_context.width,
+                       stream.codec_context.height, stream.codec_context.name, float(rate) if rate else None)
+    return container, stream, info
+
+
+def sample_frames(container, stream, info: FootageInfo, fps: float, stats: DecodeStats,
+                  max_duration_s: Optional[float] = None) -> Iterator[tuple[float, "object"]]:
+    """Yield (time in seconds from the start, av.VideoFrame) for one frame per 1/fps seconds."""
+    import av
+
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    next_index = 0  # the sample slot (time * fps) we are waiting for
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:  # the container itself is damaged past this point
+            stats.corrupt += 1
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            stats.corrupt += 1
+            continue
+        for frame in frames:
+            stats.decoded += 1
+            if frame.time is not None:
+                t = max(0.0, float(frame.time) - start)
+            else:
+                t = (stats.decoded - 1) / (info.native_fps or fps)
+            if max_duration_s is not None and t > max_duration_s:
+                raise DataError(f"{info.path}: longer than the limit of {max_duration_s:g} s")
+            slot = math.floor(t * fps + 1e-6)
+            if slot >= next_index:
+                next_index = slot + 1
+                stats.sampled += 1
+                yield t, frame
+
+
+# ------------------------------------------------------------------------------------------------
+# Smoothing and events (pure numpy)
+# ------------------------------------------------------------------------------------------------
+
+def smooth_scores(scores: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along time (axis 0) over `window` samples (odd); the window
+    shrinks at both ends to the samples that exist."""
+    if int(window) != window or window < 1 or window % 2 == 0:
+        raise ConfigError(f"smooth={window}: expected an odd number of samples >= 1 (1 = no smoothing)")
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    if window == 1 or n == 0:
+        return scores.copy()
+    half = int(window) // 2
+    csum = np.concatenate([np.zeros((1,) + scores.shape[1:]), np.cumsum(scores, axis=0)])
+    idx = np.arange(n)
+    lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, n)
+    return (csum[hi] - csum[lo]) / (hi - lo).reshape((-1,) + (1,) * (scores.ndim - 1))
+
+
+def find_segments(times: np.ndarray, values: np.ndarray, threshold: float, period: float,
+                  merge_gap_s: float, end_s: Optional[float] = None) -> list[dict]:
+    """Runs of `values >= threshold` as {start, end, peak_score, peak_time, samples}; a run's
+    end (last sample + period) is clipped to `end_s`, the end of the footage, when given."""
+    flagged = np.asarray(values) >= threshold
+    runs: list[list[int]] = []
+    for i in np.flatnonzero(flagged):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    merged: list[list[int]] = []
+    for first, last in runs:
+        if merged and times[first] - (times[merged[-1][1]] + period) <= merge_gap_s + 1e-9:
+            merged[-1][1] = last
+        else:
+            merged.append([first, last])
+    out = []
+    for first, last in merged:
+        span = np.arange(first, last + 1)
+        peak = int(span[np.argmax(values[span])])
+        end = float(times[last] + period) if end_s is None else min(float(times[last] + period), end_s)
+        out.append({"start": round(float(times[first]), 3), "end": round(end, 3),
+                    "peak_score": round(float(values[peak]), 4), "peak_time": round(float(times[peak]), 3),
+                    "samples": int(flagged[span].sum())})
+    return out
+
+
+def find_events(times: np.ndarray, smoothed: np.ndarray, thresholds: np.ndarray, period: float,
+                merge_gap_s: float = DEFAULT_MERGE_GAP_S, end_s: Optional[float] = None) -> dict[str, list[dict]]:
+    """Per class code (all 17, in benchmark order): its merged segments."""
+    return {code: find_segments(times, smoothed[:, k], float(thresholds[k]), period, merge_gap_s, end_s)
+            for k, code in enumerate(L.CLASSES)}
+
+
+# ------------------------------------------------------------------------------------------------
+# The scan
+# ------------------------------------------------------------------------------------------------
+
+def _thumbnail_jpeg(image) -> bytes:
+    from PIL import Image
+
+    w, h = image.size
+    thumb = image.resize((max(1, round(w * THUMBNAIL_HEIGHT / h)), THUMBNAIL_HEIGHT), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _check_options(fps: float, batch_size: int, smooth: int, merge_gap_s: float) -> None:
+    if not fps > 0 or not math.isfinite(fps):
+        raise ConfigError(f"fps={fps}: expected frames per second > 0, e.g. 2")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: expected a whole number >= 1")
+    smooth_scores(np.zeros((1, 1)), smooth)  # validates `smooth`
+    if merge_gap_s < 0:
+        raise ConfigError(f"merge_gap={merge_gap_s}: expected seconds >= 0")
+
+
+def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
+                 batch_size: int = DEFAULT_BATCH_SIZE, smooth: int = DEFAULT_SMOOTH,
+                 merge_gap_s: float = DEFAULT_MERGE_GAP_S, max_duration_s: Optional[float] = None,
+                 progress: bool = True) -> ScanResult:
+    """Classify one frame per 1/fps seconds of `path` with a `SewerClassifier` (anything with
+    `preprocess(PIL) -> uint8 array`, `scores_from_arrays(arrays)`, `thresholds`, `model_dir`)."""
+    from tqdm.auto import tqdm
+
+    _check_options(fps, batch_size, smooth, merge_gap_s)
+    container, stream, info = open_footage(path)
+    if max_duration_s is not None and info.duration_s is not None and info.duration_s > max_duration_s:
+        container.close()
+        raise DataError(f"{path}: {info.duration_s:.1f} s long, over the limit of {max_duration_s:g} s")
+    stats = DecodeStats()
+    times: list[float] = []
+    scores: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    total = math.ceil(info.duration_s * fps) if info.duration_s else None
+    with tempfile.TemporaryDirectory(prefix="sewer_scan_") as thumbs_dir, container, \
+            tqdm(total=total, desc="scan", unit="frame", disable=not progress) as bar:
+        thumbs = Path(thumbs_dir)
+        for t, frame in sample_frames(container, stream, info, fps, stats, max_duration_s):
+            image = frame.to_image()
+            (thumbs / f"{len(times)}.jpg").write_bytes(_thumbnail_jpeg(image))
+            times.append(t)
+            batch.append(classifier.preprocess(image))
+            if len(batch) == batch_size:
+                scores.append(classifier.scores_from_arrays(batch))
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            scores.append(classifier.scores_from_arrays(batch))
+            bar.update(len(batch))
+        if not times:
+            detail = f" ({stats.corrupt} damaged packet(s))" if stats.corrupt else ""
+            raise DataError(f"{path}: no video frame could be decoded{detail}")
+        times_arr = np.asarray(times, dtype=np.float64)
+        raw = np.concatenate(scores).astype(np.float64)
+        smoothed = smooth_scores(raw, smooth)
+        thresholds = np.asarray(classifier.thresholds, dtype=np.float64)
+        end_s = max(info.duration_s, float(times_arr[-1])) if info.duration_s else None
+        events = find_events(times_arr, smoothed, thresholds, 1.0 / fps, merge_gap_s, end_s)
+        result = ScanResult(str(path), str(getattr(classifier, "model_dir", "")), info, float(fps), int(smooth),
+                            float(merge_gap_s), times_arr, raw, smoothed, thresholds, events, stats)
+        for i in report_frames(result):
+            result.thumbnails[i] = (thumbs / f"{i}.jpg").read_bytes()
+    return result
+
+
+def report_frames(result: ScanResult, limit: int = MAX_REPORT_THUMBNAILS) -> list[int]:
+    """Sample indices of the flagged frames shown in the report: the peak frame of every event
+    first (in time order), then other flagged frames spread evenly, `limit` in all."""
+    index_of = {round(float(t), 3): i for i, t in enumerate(result.times)}
+    peaks = sorted({index_of[ev["peak_time"]] for ev in result.flat_events() if ev["peak_time"] in index_of})
+    chosen = peaks[:limit]
+    others = [i for i in np.flatnonzero(result.flags.any(axis=1)) if i not in set(chosen)]
+    room = limit - len(chosen)
+    if room > 0 and others:
+        step = max(1, math.ceil(len(others) / room))
+        chosen += [int(i) for i in others[::step][:room]]
+    return sorted(chosen)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("footage", metavar="FOOTAGE", help="inspection video (any format FFmpeg reads)")
+    parser.add_argument("--model", required=True, help="classifier folder (runs/.../classifier) or Hub id")
+    parser.add_argument("--out", required=True, help="report folder: timeline.csv, events.json, timeline.png, report.html")
+    parser.add_argument("--fps", type=float, default=DEFAULT_SAMPLE_FPS, help="frames scored per second of video")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--smooth", type=int, default=DEFAULT_SMOOTH,
+                        help="centred moving average over this many samples (odd; 1 = none)")
+    parser.add_argument("--merge-gap", type=float, default=DEFAULT_MERGE_GAP_S,
+                        help="merge detections of one class separated by at most this many seconds")
+    parser.add_argument("--max-duration", type=float, default=None, help="refuse videos longer than this (s)")
+    parser.add_argument("--device", default=None)
+    parser.set_defaults(func=run_scan)
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.video_report import write_report
+
+    _check_options(args.fps, args.batch_size, args.smooth, args.merge_gap)
+    classifier = SewerClassifier(args.model, device=args.device)
+    result = scan_footage(args.footage, classifier, fps=args.fps, batch_size=args.batch_size, smooth=args.smooth,
+                          merge_gap_s=args.merge_gap, max_duration_s=args.max_duration)
+    paths = write_report(result, args.out)
+    events = result.flat_events()
+    counts = {c: len(v) for c, v in result.events.items() if v}
+    print(f"scanned {result.stats.sampled} frames of {result.duration_s:.1f} s ({result.stats.decoded} decoded); "
+          f"{len(events)} event(s)" + (": " + ", ".join(f"{c} x{n}" for c, n in counts.items()) if counts else ""))
+    if result.stats.corrupt:
+        print(f"skipped {result.stats.corrupt} damaged frame(s)/packet(s)", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

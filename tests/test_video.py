@@ -1,0 +1,236 @@
+"""Footage scanning (`sewer_hf.video`, `sewer_hf.video_report`) and synthetic footage
+(`sewer_hf.footage`): smoothing/event logic, the report files, bad videos, and event-level
+precision/recall of a smoke-trained model against a chance baseline."""
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from sewer_hf import labels as L
+from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.video import find_segments, scan_footage, smooth_scores
+from sewer_hf.video_report import match_events, random_placement_baseline, write_report
+
+FOOTAGE_SECONDS = 8
+
+
+def make_random_classifier(out_dir, image_size=32, thresholds=None, seed=0):
+    import torch
+
+    from sewer_hf.export import save_classifier
+    from sewer_hf.model import create_backbone
+
+    torch.manual_seed(seed)
+    backbone = create_backbone("vit_tiny", img_size=image_size)
+    head = torch.nn.Linear(backbone.num_features, L.NUM_CLASSES)
+    return save_classifier(backbone, head, out_dir, image_size=image_size, thresholds=thresholds)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    from sewer_hf.predict import SewerClassifier
+
+    # thresholds at 0.5 except two low ones, so that a random model flags something
+    thresholds = {c: 0.5 for c in L.CLASSES} | {"RB": 0.05, "OK": 0.3}
+    folder = make_random_classifier(tmp_path_factory.mktemp("clf") / "classifier", thresholds=thresholds)
+    return SewerClassifier(folder, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory):
+    from sewer_hf.footage import write_footage
+
+    path = tmp_path_factory.mktemp("footage") / "pipe.mp4"
+    write_footage(path, FOOTAGE_SECONDS, seed=5, fps=10)
+    return path
+
+
+# --- pure logic ---------------------------------------------------------------------------------
+
+def test_smoothing_is_a_centred_moving_average_with_shrinking_ends():
+    x = np.array([[0.0], [3.0], [6.0], [0.0], [0.0]])
+    got = smooth_scores(x, 3)[:, 0]
+    assert got == pytest.approx([1.5, 3.0, 3.0, 2.0, 0.0])
+    assert smooth_scores(x, 1) == pytest.approx(x)
+    with pytest.raises(ConfigError, match="odd"):
+        smooth_scores(x, 4)
+
+
+def test_segments_merge_short_gaps_and_report_the_peak():
+    times = np.arange(12) * 0.5
+    values = np.array([0, .6, .9, 0, .7, 0, 0, 0, 0, .8, .8, 0])
+    segs = find_segments(times, values, 0.5, period=0.5, merge_gap_s=0.5)
+    # 0.5-1.5 and 2.0-2.5 are 0.5 s apart -> merged; 4.5-5.5 stays apart (2 s gap)
+    assert [(s["start"], s["end"]) for s in segs] == [(0.5, 2.5), (4.5, 5.5)]
+    assert segs[0]["peak_score"] == pytest.approx(0.9) and segs[0]["peak_time"] == 1.0
+    assert segs[0]["samples"] == 3
+    unmerged = find_segments(times, values, 0.5, period=0.5, merge_gap_s=0.0)
+    assert len(unmerged) == 3
+
+
+def test_event_matching_and_the_random_placement_baseline():
+    truth = [{"class": "RO", "start": 2.0, "end": 5.0}, {"class": "FO", "start": 10.0, "end": 12.0}]
+    pred = [{"class": "RO", "start": 4.5, "end": 6.0},  # overlaps the RO event
+            {"class": "FO", "start": 2.0, "end": 5.0},  # right time, wrong class
+            {"class": "RO", "start": 5.0, "end": 6.0}]  # touches the end only: no overlap
+    m = match_events(pred, truth)
+    assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(1 / 2)
+    chance = random_placement_baseline([{"class": "RO", "start": 0, "end": 1.0}], truth, duration=100.0, draws=2000)
+    # a 1 s segment placed in [0, 99] overlaps [2, 5] with probability 4/99
+    assert chance["precision"] == pytest.approx(4 / 99, abs=0.015)
+
+
+# --- synthetic footage --------------------------------------------------------------------------
+
+def test_synth_footage_is_deterministic_with_true_events(tmp_path, capsys):
+    import av
+
+    from sewer_hf.cli import main
+    from sewer_hf.footage import FOOTAGE_CLASSES, read_events
+
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    for out in (a, b):
+        assert main(["synth-footage", "--out", str(out), "--seconds", "12", "--seed", "7", "--fps", "5",
+                     "--size", "176x144"]) == 0
+    assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
+    events = read_events(a)
+    assert events and all(e["class"] in FOOTAGE_CLASSES and 0 <= e["start"] < e["end"] <= 12 for e in events)
+    assert all(e1["end"] <= e2["start"] for e1, e2 in zip(events, events[1:]))
+    with av.open(str(a)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (176, 144)
+        assert sum(1 for _ in container.decode(stream)) == 60
+    assert main(["synth-footage", "--out", str(tmp_path / "c.mp4"), "--seconds", "5", "--size", "175x144"]) == 2
+    assert "even" in capsys.readouterr().err
+
+
+# --- scanning -----------------------------------------------------------------------------------
+
+def test_scan_writes_timeline_events_plot_and_html(classifier, footage, tmp_path, capsys):
+    from sewer_hf.cli import main
+
+    model_dir = classifier.model_dir
+    out = tmp_path / "report"
+    assert main(["scan", str(footage), "--model", model_dir, "--out", str(out), "--fps", "2",
+                 "--batch-size", "5", "--smooth", "3"]) == 0
+    rows = list(csv.reader((out / "timeline.csv").open()))
+    assert rows[0] == ["time_s", *L.CLASSES, "defect"]
+    assert len(rows) - 1 == FOOTAGE_SECONDS * 2
+    times = [float(r[0]) for r in rows[1:]]
+    assert times == pytest.approx(np.arange(FOOTAGE_SECONDS * 2) / 2, abs=0.06)
+
+    doc = json.loads((out / "events.json").read_text())
+    assert doc["frames_sampled"] == FOOTAGE_SECONDS * 2 and doc["frames_decoded"] == FOOTAGE_SECONDS * 10
+    assert doc["corrupt_frames"] == 0 and set(doc["events"]) == set(L.CLASSES)
+    assert doc["thresholds"]["RB"] == pytest.approx(0.05)
+    # the defect flag and the events agree with the smoothed scores and the thresholds
+    result = scan_footage(footage, classifier, fps=2, smooth=3, progress=False)
+    assert np.array([[float(v) for v in r[1:18]] for r in rows[1:]]) == pytest.approx(result.smoothed, abs=1e-4)
+    assert [int(r[-1]) for r in rows[1:]] == [int(f) for f in result.flags.any(axis=1)]
+    for k, code in enumerate(L.CLASSES):
+        assert sum(ev["samples"] for ev in doc["events"][code]) == int(result.flags[:, k].sum()), code
+    assert doc["events"]["RB"], "a threshold of 0.05 flags the random model's RB somewhere"
+
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "data:image/jpeg;base64," in html
+    assert L.CLASS_NAMES["RB"] in html and "src=\"http" not in html
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "scanned 16 frames" in capsys.readouterr().out
+
+
+def test_damaged_packets_are_skipped_and_counted(classifier, footage, tmp_path):
+    data = bytearray(footage.read_bytes())
+    rng = np.random.default_rng(0)
+    for offset in range(len(data) // 4, len(data) - 4000, len(data) // 6):
+        data[offset:offset + 300] = rng.integers(0, 256, 300, dtype=np.uint8).tobytes()
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    result = scan_footage(damaged, classifier, fps=2, progress=False)
+    assert result.stats.corrupt > 0
+    assert 0 < result.stats.sampled <= FOOTAGE_SECONDS * 2
+    doc = json.loads((write_report(result, tmp_path / "r")["events"]).read_text())
+    assert doc["corrupt_frames"] == result.stats.corrupt
+    assert "damaged frame(s) could not be decoded" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_unreadable_files_are_clear_data_errors(classifier, footage, tmp_path):
+    import av
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    audio = tmp_path / "sound.wav"
+    with av.open(str(audio), "w") as container:  # a file with an audio stream only
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    for path, message in ((empty, "empty"), (text, "not a readable video"), (audio, "no video stream"),
+                          (tmp_path / "missing.mp4", "no such video")):
+        with pytest.raises(DataError, match=message) as info:
+            scan_footage(path, classifier, progress=False)
+        assert path.name in str(info.value)
+    with pytest.raises(DataError, match="over the limit"):
+        scan_footage(footage, classifier, max_duration_s=FOOTAGE_SECONDS / 2, progress=False)
+
+
+# --- does it find the events? --------------------------------------------------------------------
+
+def _train_footage_model(out_dir, image_size=32, per_class=24, epochs=8, seed=0):
+    """A smoke-trained ViT (a few seconds on a CPU) on single-defect frames of the footage classes."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from sewer_hf.export import save_classifier
+    from sewer_hf.footage import FOOTAGE_CLASSES
+    from sewer_hf.model import create_backbone
+    from sewer_hf.synth import render_frame
+
+    rng = np.random.default_rng(seed)
+    groups = [[]] + [[c] for c in FOOTAGE_CLASSES]
+    images, targets = [], []
+    for i in range(per_class * len(groups)):
+        codes = groups[i % len(groups)]
+        frame = render_frame(codes, int(rng.integers(0, 15)), (176, 144), rng)
+        images.append(np.asarray(frame.resize((image_size, image_size), Image.Resampling.BICUBIC)))
+        targets.append([c in codes for c in L.CLASSES])
+    x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(L.SEWER_MEAN).view(1, 3, 1, 1)) / torch.tensor(L.SEWER_STD).view(1, 3, 1, 1)
+    y = torch.tensor(targets).float()
+    torch.manual_seed(seed)
+    backbone = create_backbone("vit_tiny", img_size=image_size)
+    head = torch.nn.Linear(backbone.num_features, L.NUM_CLASSES)
+    model = torch.nn.Sequential(backbone, head)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    pos_weight = torch.tensor(L.pos_weight())
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x)).split(16):
+            loss = F.binary_cross_entropy_with_logits(model(x[idx]), y[idx], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return save_classifier(backbone, head, out_dir, image_size=image_size)
+
+
+@pytest.mark.slow  # ~15 s on an idle 2-core machine, minutes when the cores are shared
+@pytest.mark.xfail(strict=True, reason="known gap: a ViT trained from scratch for seconds on 32 px synthetic "
+                                       "frames does not learn the defect classes (its events are at chance)")
+def test_smoke_trained_model_finds_events_above_chance(tmp_path):
+    from sewer_hf.footage import read_events, write_footage
+    from sewer_hf.predict import SewerClassifier
+
+    video = tmp_path / "long.mp4"
+    truth = write_footage(video, 40, seed=11, fps=4, size=(176, 144))
+    clf = SewerClassifier(_train_footage_model(tmp_path / "clf"), device="cpu")
+    result = scan_footage(video, clf, fps=2, smooth=3, progress=False)
+    predicted = result.flat_events()
+    got = match_events(predicted, read_events(video))
+    chance = random_placement_baseline(predicted, truth, duration=40.0)
+    print(f"event P/R {got['precision']:.2f}/{got['recall']:.2f} ({got['predicted']} predicted, "
+          f"{got['true']} true); chance P/R {chance['precision']:.2f}/{chance['recall']:.2f}")
+    assert got["recall"] > 0 and got["f1"] > chance["f1"] + 0.1 and got["precision"] > chance["precision"]
