@@ -115,7 +115,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     # --- data -----------------------------------------------------------------------------------
     train_hf = load_split(data, cfg.split, labelled=True)
-    val_hf = load_split(data, cfg.val_split, labelled=True)
+    val_hf = load_split(data, cfg.val_split, labelled=True, required=False)
     if val_hf is None:
         raise DataError(f"{data}: no {cfg.val_split} split to validate on")
     n_full = len(train_hf)

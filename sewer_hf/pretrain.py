@@ -158,7 +158,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     # Held-out frames for RankMe: the val split if there is one, else a fixed slice of train.
     probe = None
     if accelerator.is_main_process and cfg.rankme_samples > 0:
-        probe = fixed_subset(load_split(data, cfg.val_split, labelled=False) or train_hf, cfg.rankme_samples, cfg.seed)
+        probe = fixed_subset(load_split(data, cfg.val_split, labelled=False, required=False) or train_hf, cfg.rankme_samples, cfg.seed)
 
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
@@ -305,7 +305,7 @@ def knn_report(cfg, backbone, data, train_hf, device) -> Optional[dict[str, Any]
 
     if "labels" not in train_hf.column_names:
         return None
-    val = load_split(data, cfg.val_split, labelled=False)
+    val = load_split(data, cfg.val_split, labelled=False, required=False)
     if val is None or "labels" not in val.column_names:
         return None
     train = fixed_subset(train_hf, cfg.knn_max_train, cfg.seed)

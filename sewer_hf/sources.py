@@ -33,19 +33,28 @@ def ensure_synthetic_data(cfg, accelerator) -> str:
     return str(root)
 
 
-def load_split(data: str, split: str, labelled: bool):
-    """An HF dataset with an `image` column (and `labels` when `labelled`), or None if absent."""
+def has_split(data: str, split: str) -> bool:
+    """Whether `data` is a Sewer-ML root or prepared-shards folder that holds `split`. Other
+    sources (image folders, Parquet files, saved datasets) have no separate held-out split."""
+    from sewer_hf.data import find_annotation_csv, find_prepared_shards
+
+    root = Path(data)
+    return root.is_dir() and (find_annotation_csv(root, split) is not None or bool(find_prepared_shards(root, split)))
+
+
+def load_split(data: str, split: str, labelled: bool, required: bool = True):
+    """An HF dataset with an `image` column (and `labels` when `labelled`). With
+    `required=False` a split that `data` does not have gives None (callers then fall back,
+    e.g. to a slice of train); a split that exists but is malformed is still an error."""
     from sewer_hf.data import load_image_dataset
     from sewer_hf.errors import DataError
 
-    try:
-        ds = load_image_dataset(data, split=split)
-    except DataError:
-        if split.lower() in ("val", "validation"):
-            return None  # no held-out split: callers fall back to a slice of train
-        raise
+    if not required and not has_split(data, split):
+        return None
+    ds = load_image_dataset(data, split=split)
     if labelled and "labels" not in ds.column_names:
-        raise DataError(f"{data} ({split}): this run needs labels (a `labels` column, i.e. Sewer-ML annotations), found columns {ds.column_names}")
+        raise DataError(f"{data} ({split}): this run needs labels (a `labels` column, i.e. Sewer-ML annotations), "
+                        f"found columns {ds.column_names}")
     return ds
 
 
