@@ -49,7 +49,7 @@ class RunConfig:
     seed: int = 0
     # --- logging, checkpoints, release ----------------------------------------------------------
     output_dir: str = "runs/run"
-    log_every: int = 10
+    log_every: int = 1  # metrics.jsonl line every N optimizer steps (per step by default)
     report_to: Optional[str] = "tensorboard"  # accelerate tracker name, or none
     save_every_steps: int = 500
     keep_last: int = 3
