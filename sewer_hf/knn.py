@@ -18,12 +18,12 @@ DEFAULT_TEMPERATURE = 0.07  # DINO's kNN temperature
 
 
 def _split_batch(batch: Any):
-    """(images, labels) from a collate output: a dict with "pixel_values"/"labels" or a pair."""
+    """(images, labels or None) from a collate output: a dict with "pixel_values" (and
+    "labels" when the data has them) or an (images, labels) pair."""
     if isinstance(batch, dict):
-        missing = [k for k in ("pixel_values", "labels") if k not in batch]
-        if missing:
-            raise DataError(f"batch dict lacks key(s) {missing}; has {sorted(batch)}")
-        return batch["pixel_values"], batch["labels"]
+        if "pixel_values" not in batch:
+            raise DataError(f"batch dict lacks key 'pixel_values'; has {sorted(batch)}")
+        return batch["pixel_values"], batch.get("labels")
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise DataError(f"batch of type {type(batch).__name__}: expected a dict with pixel_values/labels or (images, labels)")
@@ -37,8 +37,9 @@ def extract_features(
 ):
     """Run ``model_fn(images) -> (B, D) features`` over a dataloader, without gradients.
 
-    Returns ``(features float32 (N, D), labels float32 (N, C))``, both on the CPU. Put the model
-    in eval mode yourself (``model_fn`` may be any callable, e.g. a CLS-token lambda).
+    Returns ``(features float32 (N, D), labels float32 (N, C) or None for unlabelled data)``,
+    both on the CPU. ``None`` batches (every image unreadable, see ``collate_skip_bad``) are
+    skipped. Put the model in eval mode yourself (``model_fn`` may be any callable).
     """
     import torch
     from tqdm.auto import tqdm
@@ -46,6 +47,8 @@ def extract_features(
     features, labels = [], []
     with torch.inference_mode():
         for batch in tqdm(dataloader, desc="features", disable=not progress, leave=False):
+            if batch is None:
+                continue
             images, batch_labels = _split_batch(batch)
             out = model_fn(images.to(device, non_blocking=True))
             if hasattr(out, "last_hidden_state") and not isinstance(out, torch.Tensor):
@@ -53,10 +56,11 @@ def extract_features(
             if out.ndim != 2 or out.shape[0] != len(images):
                 raise DataError(f"model_fn returned shape {tuple(out.shape)}: expected ({len(images)}, D)")
             features.append(out.float().cpu())
-            labels.append(torch.as_tensor(batch_labels).float().cpu())
+            if batch_labels is not None:
+                labels.append(torch.as_tensor(batch_labels).float().cpu())
     if not features:
         raise DataError("the dataloader yielded no batches")
-    return torch.cat(features), torch.cat(labels)
+    return torch.cat(features), (torch.cat(labels) if labels else None)
 
 
 def _as_tensor(name: str, value):

@@ -20,7 +20,6 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from sewer_hf import labels as L
 from sewer_hf.config import PretrainConfig, save_config
@@ -50,11 +49,11 @@ logger = logging.getLogger(__name__)
 # Evaluation helpers (main process)
 # ------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def embed(backbone, hf_dataset, image_size: int, device, batch_size: int = 64, desc: str = "embed"):
     """CLS embeddings (and labels, if any) of a dataset, evaluation transform, skipping bad images."""
     from sewer_hf.augment import eval_transform
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
+    from sewer_hf.knn import extract_features
 
     with_labels = "labels" in hf_dataset.column_names
     loader = torch.utils.data.DataLoader(
@@ -62,15 +61,10 @@ def embed(backbone, hf_dataset, image_size: int, device, batch_size: int = 64, d
         batch_size=batch_size, num_workers=0, collate_fn=collate_skip_bad)
     was_training = backbone.training
     backbone.eval()
-    feats, labs = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
-        if batch is None:
-            continue
-        feats.append(backbone(batch["pixel_values"].to(device)).float().cpu())
-        if with_labels:
-            labs.append(batch["labels"].float())
-    backbone.train(was_training)
-    return torch.cat(feats), (torch.cat(labs) if labs else None)
+    try:
+        return extract_features(backbone, loader, device=device, progress=len(loader) >= 4)
+    finally:
+        backbone.train(was_training)
 
 
 def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: float) -> float:
