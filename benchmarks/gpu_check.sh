@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The device check: the pretraining recipe on a GPU (fp16 with GradScaler, bf16 + torch.compile,
-# batch augmentation on the device), then the throughput benchmark. Writes logs under $OUT.
+# batch augmentation on the device), then the throughput benchmark (compiled ViT-T and ViT-S:
+# (a), (b), (c), (c-jpeg)), then the CUDA cases of the device-feed / augmentation tests when
+# pytest is there (SKIP_TESTS=1 skips them). Writes logs under $OUT. About 6 minutes on an H200.
 set -u
 OUT=${OUT:-runs/gpu_check}; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -11,8 +13,9 @@ export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 SEWER_HF_CACHE=/tmp/sew
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch,timm,transformers,accelerate,datasets;print('torch',torch.__version__,'timm',timm.__version__,'transformers',transformers.__version__,'accelerate',accelerate.__version__,'datasets',datasets.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -m sewer_hf.cli synth --out /tmp/syn --train 512 --val 128 --seed 0 --size 352x288 --workers 8 --no-progress
-for run in "fp16 false" "bf16 true"; do
-  set -- $run
+# RECIPES="bf16" runs one of the two recipe checks (fp16 runs eager, bf16 compiled)
+for precision in ${RECIPES:-fp16 bf16}; do
+  set -- "$precision" "$([ "$precision" = bf16 ] && echo true || echo false)"
   timeout 110 python3 recipes/pretrain_dino.py --config recipes/configs/smoke_dino.yaml --data /tmp/syn \
     --mixed_precision "$1" --compile "$2" --epochs 2 --batch_size 64 --num_workers 8 --report_to none \
     --output_dir "/tmp/run_$1" > "$OUT/recipe_$1.log" 2>&1
@@ -20,4 +23,9 @@ for run in "fp16 false" "bf16 true"; do
   grep -a -E "DINO|kNN|error|Error" "$OUT/recipe_$1.log" | tail -4
   tail -2 "/tmp/run_$1/metrics.jsonl" 2>/dev/null | cut -c1-200
 done
-timeout 290 python3 benchmarks/pretrain_throughput.py ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
+timeout 270 python3 benchmarks/pretrain_throughput.py ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
+if [ -z "${SKIP_TESTS:-}" ] && python3 -c "import pytest" 2>/dev/null; then
+  # nvjpeg decode, the side-stream prefetcher and the gathered/compile-path ops on CUDA
+  timeout 90 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/test_device_feed.py tests/test_gpu_augment.py \
+    -k "cuda and (decode or prefetcher or former or masked or op_rates)" 2>&1 | tail -15 | tee "$OUT/cuda_tests.log"
+fi

@@ -1,14 +1,27 @@
 #!/usr/bin/env python
 """DINO pretraining throughput: does the data pipeline keep the accelerator fed?
 
-For ViT-T/16 and ViT-S/16, eager and torch.compile, it measures images/s of
-  (a) the bare DINO step on device tensors (2 global views, student fwd+bwd, teacher fwd,
-      loss, fused AdamW, EMA) — the ceiling,
-  (b) the full pipeline with the paper's augmentations on CPU DataLoader workers (PIL),
-  (c) the full pipeline with workers that only decode + the batched GPU augmentation,
-and prints (b) and (c) as ratios to (a) from the same run, plus the model FLOP utilisation
-(MFU) of (a) against the card's dense bf16 peak. Inputs are prepared-size (256 px) PNG frames
-of the synthetic generator, held in memory, as `sewer-hf prepare` would give them.
+For ViT-T/16 and ViT-S/16 (torch.compile by default; `--modes eager,compile` for both) it
+measures images/s of
+  (a)      the bare DINO step on device tensors (2 global views, student fwd+bwd, teacher fwd,
+           loss, fused AdamW, EMA) — the ceiling,
+  (b)      the full pipeline with the paper's augmentations on CPU DataLoader workers (PIL),
+  (c)      the full pipeline with workers that only decode PNG frames (PIL) + the batched GPU
+           augmentation,
+  (c-jpeg) the full pipeline with workers that only hand over JPEG bytes; the main process
+           decodes each batch on the GPU (nvjpeg; on the CPU elsewhere), then augments it there,
+and prints (b), (c) and (c-jpeg) as ratios to (a) from the same run, the model FLOP utilisation
+(MFU) of (a) against the card's dense bf16 peak, and the rates of the feeds alone (loader +
+decode + augmentation, no model step), which say whether the feed or the step limits a row.
+Inputs are prepared-size (256 px) synthetic frames held in memory, PNG and JPEG (quality 95),
+as `sewer-hf prepare --format png|jpeg` writes them. On CUDA the device-side preparation of
+batch i+1 runs on a side stream while the step works on batch i (`--no-prefetch`: in line).
+
+Steady state: each loader worker builds whole batches and the loader hands them over worker by
+worker, so batches come in rounds of `workers`. Every loader timing runs whole rounds (one to
+warm up, then whole rounds for at least `--warmup` seconds, then whole rounds for at least
+`--seconds`, between two device syncs), so both ends of the timed window sit at the same point
+of the workers' cycle, and the sampler is long enough that no epoch boundary falls inside.
 
     python benchmarks/pretrain_throughput.py            # full size on a GPU
     python benchmarks/pretrain_throughput.py --quick    # tiny, on the CPU (a smoke test of the code)
@@ -16,6 +29,7 @@ of the synthetic generator, held in memory, as `sewer-hf prepare` would give the
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -25,11 +39,15 @@ import numpy as np
 import torch
 
 from sewer_hf.augment import DecodeForGPU, PretrainTransform
+from sewer_hf.device_feed import DevicePrefetcher, collate_encoded, decode_batch, nvjpeg_supported, split_encoded
 from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, ema_update, param_groups
 from sewer_hf.gpu_augment import GPUPretrainAugment
 from sewer_hf.model import build_student_teacher
+from sewer_hf.prepare import JPEG_QUALITY
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}  # dense
+PREFETCH_FACTOR = 2  # DataLoader's default: batches queued per worker
+ENDLESS = 1 << 30  # dataset length: no epoch boundary (and its refill stall) inside a timing
 
 
 def vit_forward_flops(dim: int, depth: int, tokens: int, out_dim: int, hidden: int = 2048, bottleneck: int = 256) -> float:
@@ -40,20 +58,33 @@ def vit_forward_flops(dim: int, depth: int, tokens: int, out_dim: int, hidden: i
     return depth * per_layer + patch + head
 
 
-class PNGFrames(torch.utils.data.Dataset):
-    """In-memory PNG frames, cycled to `length` items so that every loader worker gets batches
-    (a worker builds whole batches: fewer batches per epoch than workers would idle some)."""
+# ----------------------------------------------------------------------------- data
+class Frames(torch.utils.data.Dataset):
+    """In-memory encoded frames, decoded with PIL and transformed in the worker, cycled."""
 
-    def __init__(self, blobs: list[bytes], transform, length: int) -> None:
-        self.blobs, self.transform, self.length = blobs, transform, length
+    def __init__(self, blobs: list[bytes], transform) -> None:
+        self.blobs, self.transform = blobs, transform
 
     def __len__(self) -> int:
-        return self.length
+        return ENDLESS
 
     def __getitem__(self, i: int):
         from PIL import Image
 
         return self.transform(Image.open(io.BytesIO(self.blobs[i % len(self.blobs)])).convert("RGB"))
+
+
+class EncodedFrames(torch.utils.data.Dataset):
+    """In-memory encoded frames handed over as bytes (uint8 tensors), cycled."""
+
+    def __init__(self, blobs: list[bytes]) -> None:
+        self.blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+
+    def __len__(self) -> int:
+        return ENDLESS
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.blobs[i % len(self.blobs)]
 
 
 def collate_views(items):
@@ -62,20 +93,29 @@ def collate_views(items):
     return torch.stack(items)
 
 
-def make_frames(n: int, size: int) -> list[bytes]:
-    from sewer_hf.synth import sample_labels, render_frame
+def make_frames(n: int, size: int) -> tuple[list[bytes], list[bytes]]:
+    """PNG (fast zlib level, as the synthetic generator) and JPEG encodings of the same frames."""
+    from sewer_hf.synth import render_frame, sample_labels
 
-    blobs = []
+    png, jpeg = [], []
     for i in range(n):
         rng = np.random.default_rng(i)
         labels, water = sample_labels(rng)
         image = render_frame(labels, water, size=(352, 288), rng=rng).resize((size, size))
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", compress_level=1)
-        blobs.append(buf.getvalue())
-    return blobs
+        for blobs, options in ((png, dict(format="PNG", compress_level=1)), (jpeg, dict(format="JPEG", quality=JPEG_QUALITY))):
+            buf = io.BytesIO()
+            image.save(buf, **options)
+            blobs.append(buf.getvalue())
+    return png, jpeg
 
 
+def make_loader(dataset, batch: int, workers: int, collate, device) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, num_workers=workers, collate_fn=collate, drop_last=True,
+        pin_memory=device.type == "cuda", prefetch_factor=PREFETCH_FACTOR if workers else None)
+
+
+# ----------------------------------------------------------------------------- model step
 class Step:
     """One DINO optimisation step, as the recipe does it (bf16 autocast on CUDA)."""
 
@@ -105,97 +145,179 @@ class Step:
         return loss
 
 
+# ----------------------------------------------------------------------------- timing
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def timed(fn, n_warmup: int, n_steps: int, batch: int, device) -> float:
-    for _ in range(n_warmup):
-        fn()
+def rate(step, batch: int, device, round_len: int, warmup_s: float, seconds: float) -> float:
+    """Images/s of ``step`` (one batch per call) in steady state, counted in whole rounds of
+    ``round_len`` calls: one round (compilation, loader start-up), whole rounds for
+    ``warmup_s`` (none for 0), then timed whole rounds for at least ``seconds`` between two
+    device syncs."""
+
+    def rounds(min_seconds: float) -> int:
+        start, n = time.perf_counter(), 0
+        while n == 0 or time.perf_counter() - start < min_seconds:
+            for _ in range(round_len):
+                step()
+            n += 1
+        return n
+
+    rounds(0.0)
+    if warmup_s > 0:
+        rounds(warmup_s)
     sync(device)
     start = time.perf_counter()
-    for _ in range(n_steps):
-        fn()
+    n = rounds(seconds)
     sync(device)
-    return n_steps * batch / (time.perf_counter() - start)
+    return n * round_len * batch / (time.perf_counter() - start)
 
 
-def loader_fn(loader, step: Step, device, gpu_aug=None):
-    it = iter(loader)
-
-    def run():
-        nonlocal it
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        if gpu_aug is not None:
-            views = gpu_aug(batch.to(device, non_blocking=True))
-        else:
-            views = [v.to(device, non_blocking=True) for v in batch]
-        step(views)
-    return run
+def feed(loader, prepare, device, prefetch: bool):
+    """Prepared batches of ``loader``: through the side-stream prefetcher, or in line."""
+    return iter(DevicePrefetcher(loader, prepare, device)) if prefetch else (prepare(b) for b in loader)
 
 
-def main(argv=None) -> int:
+def loader_rate(loader, prepare, consume, args, device, batch: int, workers: int) -> float:
+    """Steady-state images/s of ``consume(prepare(batch))`` over ``loader``; stops its workers.
+    A variant that fails prints why and gives NaN, so that the others still report."""
+    batches = feed(loader, prepare, device, not args.no_prefetch)
+    try:
+        return rate(lambda: consume(next(batches)), batch, device, max(1, workers), args.warmup, args.seconds)
+    except Exception as exc:  # noqa: BLE001 - one broken variant must not hide the others
+        print(f"  failed: {type(exc).__name__}: {exc}", flush=True)
+        return float("nan")
+    finally:
+        batches.close()  # drops the loader's iterator: its workers exit before the next timing
+        gc.collect()
+
+
+def nvjpeg_check(jpeg_blobs: list[bytes], device) -> str:
+    """Which decoder (c-jpeg) uses here, and on CUDA how far nvjpeg is from the CPU decoder."""
+    if not nvjpeg_supported(device):
+        return "CPU (torchvision.io, main process)"
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpeg_blobs[:16]]
+    try:
+        on_gpu = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)).cpu()
+    except RuntimeError as exc:
+        return f"CPU: nvjpeg failed ({exc})"
+    on_cpu = torch.stack([decode_jpeg(e, mode=ImageReadMode.RGB) for e in encoded])
+    diff = (on_gpu.int() - on_cpu.int()).abs().float()
+    return f"nvjpeg (vs CPU libjpeg on 16 frames: mean |diff| {diff.mean():.3f}, max {diff.max():.0f} levels)"
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes on whatever device (code smoke test)")
     parser.add_argument("--archs", default="vit_tiny,vit_small")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
-    parser.add_argument("--modes", default="eager,compile")
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="(b), (c): decoding workers")
+    parser.add_argument("--jpeg-workers", type=int, default=4, help="(c-jpeg): workers that only hand over bytes")
+    parser.add_argument("--modes", default="compile", help="eager and/or compile, comma-separated")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up after the first round")
+    parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
+    parser.add_argument("--compile-aug", action="store_true", help="also torch.compile the GPU augmentation (compile mode)")
+    parser.add_argument("--no-prefetch", action="store_true", help="prepare each batch in line, no side stream")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.archs, args.modes, args.batch = "vit_tiny", "eager", 8
+        args.workers, args.jpeg_workers = min(args.workers, 2), min(args.jpeg_workers, 1)
+        args.warmup, args.seconds = 0.0, 0.2
+    return args
 
+
+def measure_feeds(args, device, aug_fn, png, jpeg, decode_size: int) -> dict[str, float]:
+    """The feeds alone: no model step, so their rates bound (c) and (c-jpeg) from above."""
+    batch = args.batch
+    images = torch.randint(0, 256, (batch, 3, decode_size, decode_size), dtype=torch.uint8, device=device)
+    feeds = {"aug": rate(lambda: aug_fn(images), batch, device, 1, args.warmup, args.seconds)}
+    png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
+    feeds["png"] = loader_rate(png_loader, lambda b: aug_fn(b.to(device, non_blocking=True)), lambda views: None,
+                               args, device, batch, args.workers)
+    jpeg_loader = make_loader(EncodedFrames(jpeg), batch, args.jpeg_workers, collate_encoded, device)
+    feeds["jpeg"] = loader_rate(jpeg_loader, lambda b: aug_fn(decode_batch(split_encoded(b), device, size=decode_size)),
+                                lambda views: None, args, device, batch, args.jpeg_workers)
+    return feeds
+
+
+def measure_arch(args, device, arch: str, mode: str, aug_fn, png, jpeg, size: int, out_dim: int, decode_size: int) -> dict:
+    batch = args.batch
+    torch.manual_seed(0)
+    step = Step(arch, size, out_dim, device, compile_model=mode == "compile")
+    views = [torch.randn(batch, 3, size, size, device=device) for _ in range(2)]
+    row = {"arch": arch, "mode": mode, "bare": rate(lambda: step(views), batch, device, 1, args.warmup, args.seconds)}
+    views.clear()  # frees the synthetic views' device memory
+    to_device = lambda vs: [v.to(device, non_blocking=True) for v in vs]  # noqa: E731
+    cpu_loader = make_loader(Frames(png, PretrainTransform(size=size)), batch, args.workers, collate_views, device)
+    row["cpu_aug"] = loader_rate(cpu_loader, to_device, step, args, device, batch, args.workers)
+    png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
+    row["gpu_aug"] = loader_rate(png_loader, lambda b: aug_fn(b.to(device, non_blocking=True)), step,
+                                 args, device, batch, args.workers)
+    jpeg_loader = make_loader(EncodedFrames(jpeg), batch, args.jpeg_workers, collate_encoded, device)
+    row["gpu_aug_jpeg"] = loader_rate(
+        jpeg_loader, lambda b: aug_fn(decode_batch(split_encoded(b), device, size=decode_size)), step,
+        args, device, batch, args.jpeg_workers)
+    return row
+
+
+def main(argv=None) -> int:
+    import torchvision
+
+    args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.quick and device.type == "cpu":
+        torch.set_num_threads(1)  # a smoke test on a shared CPU: spinning OpenMP threads stall badly
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    size, out_dim, batch, steps, warm = 224, 32768, args.batch, args.steps, 5
-    if args.quick:
-        size, out_dim, batch, steps, warm = 32, 256, 8, 3, 1
-        args.archs, args.modes = "vit_tiny", "eager"
+    size, out_dim, decode_size, n_frames = (32, 256, 48, 16) if args.quick else (224, 32768, 256, 2 * args.batch)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    print(f"device: {name}; batch {batch}, {size} px, {out_dim} prototypes, {args.workers} loader workers")
-    blobs = make_frames(max(2 * batch, 64) if not args.quick else 16, 256 if not args.quick else 48)
+    print(f"device: {name}; torch {torch.__version__}, torchvision {torchvision.__version__}; batch {args.batch}, "
+          f"{size} px, {out_dim} prototypes; {args.workers} decoding workers, {args.jpeg_workers} byte workers; "
+          f"prefetch on a side stream: {device.type == 'cuda' and not args.no_prefetch}")
+    png, jpeg = make_frames(n_frames, decode_size)
+    print(f"frames: {n_frames} at {decode_size} px, PNG {np.mean([len(b) for b in png]) / 1e3:.0f} kB, "
+          f"JPEG q{JPEG_QUALITY} {np.mean([len(b) for b in jpeg]) / 1e3:.0f} kB; (c-jpeg) decodes with "
+          f"{nvjpeg_check(jpeg, device)}", flush=True)
 
-    rows = []
-    for arch in args.archs.split(","):
-        dim, depth = {"vit_tiny": (192, 12), "vit_small": (384, 12)}[arch]
-        flops_per_image = 8 * vit_forward_flops(dim, depth, (size // 16) ** 2 + 1, out_dim)  # 2 views x (3 student + 1 teacher)
-        for mode in args.modes.split(","):
-            torch.manual_seed(0)
-            step = Step(arch, size, out_dim, device, compile_model=mode == "compile")
-            views = [torch.randn(batch, 3, size, size, device=device) for _ in range(2)]
-            bare = timed(lambda: step(views), warm, steps, batch, device)
-            kw = dict(batch_size=batch, num_workers=args.workers, collate_fn=collate_views, drop_last=True,
-                      pin_memory=device.type == "cuda", persistent_workers=args.workers > 0, shuffle=True)
-            length = 4 * max(1, args.workers) * batch
-            cpu_loader = torch.utils.data.DataLoader(PNGFrames(blobs, PretrainTransform(size=size), length), **kw)
-            cpu = timed(loader_fn(cpu_loader, step, device), 2, max(3, steps // 3), batch, device)
-            gpu_aug = GPUPretrainAugment(size=size).to(device)
-            aug_fn = torch.compile(gpu_aug) if mode == "compile" else gpu_aug
-            gpu_loader = torch.utils.data.DataLoader(PNGFrames(blobs, DecodeForGPU(256 if not args.quick else 48), length), **kw)
-            gpu = timed(loader_fn(gpu_loader, step, device, aug_fn), 2, steps, batch, device)
-            mfu = bare * flops_per_image / peak if peak else float("nan")
-            rows.append({"arch": arch, "mode": mode, "bare": bare, "cpu_aug": cpu, "gpu_aug": gpu, "mfu": mfu})
-            print(f"{arch:9s} {mode:7s}  (a) bare {bare:8.1f} img/s  MFU {100 * mfu:5.1f}%   "
-                  f"(b) CPU aug {cpu:8.1f} img/s = {cpu / bare:5.3f} x (a)   "
-                  f"(c) GPU aug {gpu:8.1f} img/s = {gpu / bare:5.3f} x (a)", flush=True)
-            del step, views, cpu_loader, gpu_loader
+    rows, feeds = [], {}
+    for mode in args.modes.split(","):
+        gpu_aug = GPUPretrainAugment(size=size).to(device)
+        # eager by default, as the pretraining recipe runs it (only the model is compiled there)
+        aug_fn = torch.compile(gpu_aug) if mode == "compile" and args.compile_aug else gpu_aug
+        feeds[mode] = measure_feeds(args, device, aug_fn, png, jpeg, decode_size)
+        f = feeds[mode]
+        print(f"feeds alone ({'compiled' if aug_fn is not gpu_aug else 'eager'} augmentation, no model step): GPU aug of a device batch {f['aug']:.0f} img/s, "
+              f"(c) PNG workers + aug {f['png']:.0f} img/s, (c-jpeg) bytes + decode + aug {f['jpeg']:.0f} img/s", flush=True)
+        for arch in args.archs.split(","):
+            dim, depth = {"vit_tiny": (192, 12), "vit_small": (384, 12)}[arch]
+            row = measure_arch(args, device, arch, mode, aug_fn, png, jpeg, size, out_dim, decode_size)
+            flops_per_image = 8 * vit_forward_flops(dim, depth, (size // 16) ** 2 + 1, out_dim)  # 2 views x (3 student + 1 teacher)
+            row["mfu"] = row["bare"] * flops_per_image / peak if peak else float("nan")
+            rows.append(row)
+            print(f"{arch:9s} {mode:7s}  (a) {row['bare']:8.1f} img/s  MFU {100 * row['mfu']:5.1f}%   "
+                  f"(b) {row['cpu_aug']:8.1f} = {row['cpu_aug'] / row['bare']:5.3f} x (a)   "
+                  f"(c) {row['gpu_aug']:8.1f} = {row['gpu_aug'] / row['bare']:5.3f} x (a)   "
+                  f"(c-jpeg) {row['gpu_aug_jpeg']:8.1f} = {row['gpu_aug_jpeg'] / row['bare']:5.3f} x (a)", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    print("\n| arch | mode | (a) bare img/s | MFU | (b) CPU aug img/s | (b)/(a) | (c) GPU aug img/s | (c)/(a) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| arch | mode | (a) bare img/s | MFU | (b) CPU aug img/s | (b)/(a) | (c) PNG workers + GPU aug img/s "
+          "| (c)/(a) | (c-jpeg) nvjpeg + GPU aug img/s | (c-jpeg)/(a) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['arch']} | {r['mode']} | {r['bare']:.0f} | {100 * r['mfu']:.1f}% | {r['cpu_aug']:.0f} | "
-              f"{r['cpu_aug'] / r['bare']:.3f} | {r['gpu_aug']:.0f} | {r['gpu_aug'] / r['bare']:.3f} |")
+              f"{r['cpu_aug'] / r['bare']:.3f} | {r['gpu_aug']:.0f} | {r['gpu_aug'] / r['bare']:.3f} | "
+              f"{r['gpu_aug_jpeg']:.0f} | {r['gpu_aug_jpeg'] / r['bare']:.3f} |")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": name, "batch": batch, "rows": rows}, fh, indent=2)
+            json.dump({"device": name, "batch": args.batch, "workers": args.workers, "jpeg_workers": args.jpeg_workers,
+                       "prefetch": not args.no_prefetch, "rows": rows, "feeds": feeds}, fh, indent=2)
     return 0
 
 

@@ -302,7 +302,9 @@ def blur_kernel_size_for(sigma_max: float) -> int:
 class DecodeForGPU:
     """The CPU side of GPU augmentation: a decoded image, resized once (plain bicubic) to
     ``size`` x ``size``, as a (3, size, size) uint8 tensor; the random ops then run batched on
-    the device (``sewer_hf.gpu_augment``). Prepared shards are already at this size."""
+    the device (``sewer_hf.gpu_augment``). Prepared shards are already at this size. For JPEG
+    shards, ``sewer_hf.device_feed`` can skip this step: workers hand over the encoded bytes and
+    the batch is decoded on the GPU."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
@@ -315,4 +317,5 @@ class DecodeForGPU:
         image = to_rgb(image)
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        # np.array: one writable copy of the pixels; the collate's stack then writes (3, H, W).
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)

@@ -4,9 +4,11 @@ The CPU reference (``sewer_hf.augment``, PIL per image) feeds only ~10-25 img/s 
 below what one GPU trains at (SPEC §6). Here every sample of a (B,3,H,W) uint8 batch gets its
 own random parameters, drawn as tensors, and each operation is one vectorised torch call over
 the batch: crops, flips and rotations are one ``affine_grid``/``grid_sample`` each, per-sample
-blur is a grouped convolution, equalize/autocontrast use per-image histograms / extrema. A
-sample that skips an operation gets the operation's identity parameters (factor 1, hue shift 0,
-a delta kernel, a false mask), so there is no per-sample Python loop and no host-device sync.
+blur is a grouped convolution, equalize/autocontrast use per-image histograms / extrema. There
+is no per-sample Python loop. An op that acts on a random part of the batch (blur, equalize,
+autocontrast, the hue step of the jitter) runs, eager, only on those samples: they are gathered,
+at the price of one host-device sync per op. Under torch.compile shapes stay static and there is
+no sync: the op runs on the whole batch and ``torch.where`` keeps it where it applies.
 
 Both modules read the same config dataclasses as the CPU transforms (one source of the paper's
 values). Pass a ``torch.Generator`` on the batch's device for reproducible draws.
@@ -110,6 +112,44 @@ def sample_erase_boxes(
     return top, left, h, w, found
 
 
+# ----------------------------------------------------------------------------- sample selection
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _take(values: Tensor, index: Tensor | None) -> Tensor:
+    """Per-sample parameters of the selected samples (all of them for index None)."""
+    return values if index is None else values.index_select(0, index)
+
+
+def _groups(labels: Tensor, n_groups: int) -> list[Tensor]:
+    """Indices of the samples with label 0, 1, ..., n_groups - 1 (one host sync for all)."""
+    counts = torch.bincount(labels, minlength=n_groups + 1).tolist()
+    order = torch.argsort(labels, stable=True)
+    return list(order.split(counts))[:n_groups]
+
+
+def _on_samples(x: Tensor, mask: Tensor, fn, index: Tensor | None = None, inplace: bool = False) -> Tensor:
+    """``fn(part, index)`` on the samples in ``mask`` (``index``: their positions, which ``fn``
+    uses to pick their parameters with ``_take``), x unchanged elsewhere; ``fn`` must treat
+    every sample on its own.
+
+    Eager, the op runs only on those samples (gathered; finding them is a host sync unless the
+    caller passes ``index``). Under torch.compile, shapes stay static: ``fn`` runs on every
+    sample and ``torch.where`` keeps the selected ones (inductor fuses both into few kernels)."""
+    if _compiling():
+        return torch.where(_per_sample(mask), fn(x, None), x)
+    if index is None:
+        index = mask.nonzero().squeeze(1)
+    count = index.numel()
+    if count == 0:
+        return x
+    if count == x.shape[0]:
+        return fn(x, None)
+    part = fn(x.index_select(0, index), index)
+    return x.index_copy_(0, index, part) if inplace else x.index_copy(0, index, part)
+
+
 # ----------------------------------------------------------------------------- geometry
 def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, flip: Tensor, size: int, mode="bicubic") -> Tensor:
     """Per-sample crop (pixel boxes) + optional horizontal flip + resize to (size, size), in one
@@ -197,9 +237,39 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     return minc.unsqueeze(1) + spread.unsqueeze(1) * profile
 
 
+def _hue_positions(order: Tensor, apply: Tensor) -> Tensor:
+    """Per sample, the position (0..3) of the hue op in its random order; 4 when jitter is off."""
+    at = (order == 3).to(torch.uint8).argmax(dim=1)
+    return torch.where(apply, at, torch.full_like(at, 4))
+
+
+def _blend_step(x: Tensor, op: Tensor, factors: Tensor, need_grey: bool) -> Tensor:
+    """One position of the jitter for brightness (op 0), contrast (1) and saturation (2) at
+    once: each is ``f * x + (1 - f) * other`` with other = 0, the mean grey level or the grey
+    image, so a per-sample choice of ``other`` makes it one pass. op 3 (hue) gets factor 1,
+    which leaves x unchanged exactly, as does a zero strength (its factor is drawn as 1)."""
+    # a where-chain, not a gather: compiled for CUDA (torch 2.11), indexing by the random
+    # order tripped inductor's device-side bounds assert
+    ones = torch.ones_like(factors[:, 0])
+    chosen = torch.where(op == 0, factors[:, 0],
+                         torch.where(op == 1, factors[:, 1], torch.where(op == 2, factors[:, 2], ones)))
+    f = _per_sample(chosen)
+    if not need_grey:  # brightness only: other is 0
+        return (x * f).clamp_(0.0, 1.0)
+    grey = grayscale_of(x)
+    saturation = _per_sample(op == 2).to(x.dtype)
+    contrast = _per_sample(op == 1).to(x.dtype)
+    other = saturation * grey + contrast * grey.mean(dim=(1, 2, 3), keepdim=True)
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+
+
 def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None) -> Tensor:
     """torchvision's ColorJitter inside RandomApply(p), with per-sample factors and a
-    per-sample random order of the four adjustments."""
+    per-sample random order of the four adjustments.
+
+    Each sample gets each adjustment once: per position, one blend pass serves the three
+    blend ops (``_blend_step``), and hue runs only on the samples whose hue sits at that
+    position (eager: those samples are gathered, one host sync for all four positions)."""
     n, device = x.shape[0], x.device
     bright, contrast, saturation, hue = strengths
     apply = _coin(n, p, generator, device)
@@ -208,21 +278,22 @@ def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None
         drawn = _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
         return torch.where(apply, drawn, torch.ones_like(drawn))
 
-    factors = [factor(bright), factor(contrast), factor(saturation)]
+    factors = torch.stack([factor(bright), factor(contrast), factor(saturation)], dim=1)
     drawn_hue = _uniform(n, -hue, hue, generator, device)
     shift = torch.where(apply, drawn_hue, torch.zeros_like(drawn_hue))
     order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)
-    # A zero strength draws factor 1 (identity): skip that op's passes entirely.
-    ops = [(op_id, op, f) for op_id, (op, f, strength) in enumerate(
-        zip((adjust_brightness, adjust_contrast, adjust_saturation), factors, (bright, contrast, saturation))
-    ) if strength > 0]
+    any_blend, need_grey = max(bright, contrast, saturation) > 0, max(contrast, saturation) > 0
+    hue_at = _hue_positions(order, apply) if hue > 0 else None
+    groups = _groups(hue_at, 4) if hue_at is not None and not _compiling() else [None] * 4
+
+    def rotate_hue(part: Tensor, index: Tensor | None) -> Tensor:
+        return adjust_hue(part, _take(shift, index))
+
     for position in range(4):
-        # Every op runs at every position; samples whose op is elsewhere get identity params.
-        here = order[:, position]
-        for op_id, op, f in ops:
-            x = op(x, torch.where(here == op_id, f, torch.ones_like(f)))
-        if hue > 0:
-            x = adjust_hue(x, torch.where(here == 3, shift, torch.zeros_like(shift)))
+        if any_blend:  # a fresh tensor: the hue step below may then write into it
+            x = _blend_step(x, order[:, position], factors, need_grey)
+        if hue_at is not None:
+            x = _on_samples(x, hue_at == position, rotate_hue, index=groups[position], inplace=any_blend)
     return x
 
 
@@ -237,15 +308,9 @@ def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor | None = None) -> Tensor:
-    """Separable Gaussian blur with a per-sample sigma (reflect padding, like torchvision), as
-    two grouped convolutions. Samples outside ``mask`` get a delta kernel (exact identity)."""
+def _blur_all(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     b, c, height, width = x.shape
     kernels = gaussian_kernels(sigma.to(x.dtype), kernel_size)
-    if mask is not None:
-        delta = torch.zeros_like(kernels)
-        delta[:, kernel_size // 2] = 1.0
-        kernels = torch.where(mask.view(-1, 1), kernels, delta)
     weight = kernels.repeat_interleave(c, dim=0)  # (B*C, K): one filter per image channel
     pad = kernel_size // 2
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, b * c, height + 2 * pad, width + 2 * pad)
@@ -254,30 +319,46 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor | Non
     return out.view(b, c, height, width)
 
 
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor | None = None) -> Tensor:
+    """Separable Gaussian blur with a per-sample sigma (reflect padding, like torchvision), as
+    two grouped convolutions. Samples outside ``mask`` stay unchanged (eager: not convolved)."""
+    if mask is None:
+        return _blur_all(x, sigma, kernel_size)
+    return _on_samples(x, mask, lambda part, index: _blur_all(part, _take(sigma, index), kernel_size))
+
+
 def quantize(x: Tensor) -> Tensor:
-    """Round to the 256 uint8 levels (what a uint8 pipeline holds between operations)."""
-    return x.mul(255.0).round_().div_(255.0)
+    """Round to the 256 uint8 levels (what a uint8 pipeline holds between operations). The clamp
+    matters on GPUs: TF32 convolutions (the blur) can land a hair outside [0, 1]."""
+    return x.mul(255.0).round_().clamp_(0.0, 255.0).div_(255.0)
+
+
+def _equalize_all(x: Tensor) -> Tensor:
+    from torchvision.transforms.v2.functional import equalize as tv_equalize
+
+    # clamped: compiled, the uint8 cast can fuse into the histogram index without wrapping
+    levels = x.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+    # torchvision's kernel already works per (image, channel): histograms via scatter_add.
+    return tv_equalize(levels).to(x.dtype).div_(255.0)
 
 
 def equalize(x: Tensor, mask: Tensor) -> Tensor:
     """PIL/torchvision histogram equalisation per image and channel (x holds uint8 levels)."""
-    from torchvision.transforms.v2.functional import equalize as tv_equalize
-
-    levels = x.mul(255.0).round_().to(torch.uint8)
-    # torchvision's kernel already works per (image, channel): histograms via scatter_add.
-    equalized = tv_equalize(levels).to(x.dtype).div_(255.0)
-    return torch.where(_per_sample(mask), equalized, x)
+    return _on_samples(x, mask, lambda part, index: _equalize_all(part))
 
 
-def autocontrast(x: Tensor, mask: Tensor) -> Tensor:
-    """Stretch each channel of each image to [0, 1] (torchvision's autocontrast)."""
+def _autocontrast_all(x: Tensor) -> Tensor:
     low = x.amin(dim=(-2, -1), keepdim=True)
     high = x.amax(dim=(-2, -1), keepdim=True)
     flat = high == low
     scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low).clamp_min(1e-12))
     low = torch.where(flat, torch.zeros_like(low), low)
-    stretched = ((x - low) * scale).clamp_(0.0, 1.0)
-    return torch.where(_per_sample(mask), stretched, x)
+    return ((x - low) * scale).clamp_(0.0, 1.0)
+
+
+def autocontrast(x: Tensor, mask: Tensor) -> Tensor:
+    """Stretch each channel of each image to [0, 1] (torchvision's autocontrast)."""
+    return _on_samples(x, mask, lambda part, index: _autocontrast_all(part))
 
 
 def solarize(x: Tensor, mask: Tensor, threshold: int = 128) -> Tensor:

@@ -335,3 +335,121 @@ def test_finetune_statistics_match_the_cpu_reference():
     cpu = torch.stack([transform(pil) for _ in range(600)])
     torch.testing.assert_close(gpu.mean(dim=(0, 2, 3)), cpu.mean(dim=(0, 2, 3)), atol=0.1, rtol=0)
     torch.testing.assert_close(gpu.std(dim=(0, 2, 3)), cpu.std(dim=(0, 2, 3)), atol=0.1, rtol=0.05)
+
+
+# ----------------------------------------------------------------------------- restructured ops
+def _former_color_jitter(x, strengths, p, generator=None):
+    """The former color_jitter, kept as the reference: every op at all four positions, with
+    identity parameters for the samples whose op sits elsewhere (16 passes)."""
+    n, device = x.shape[0], x.device
+    bright, contrast, saturation, hue = strengths
+    apply = G._coin(n, p, generator, device)
+
+    def factor(strength):
+        drawn = G._uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
+        return torch.where(apply, drawn, torch.ones_like(drawn))
+
+    factors = [factor(bright), factor(contrast), factor(saturation)]
+    drawn_hue = G._uniform(n, -hue, hue, generator, device)
+    shift = torch.where(apply, drawn_hue, torch.zeros_like(drawn_hue))
+    order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)
+    ops = [(op_id, op, f) for op_id, (op, f, strength) in enumerate(
+        zip((G.adjust_brightness, G.adjust_contrast, G.adjust_saturation), factors, (bright, contrast, saturation))
+    ) if strength > 0]
+    for position in range(4):
+        here = order[:, position]
+        for op_id, op, f in ops:
+            x = op(x, torch.where(here == op_id, f, torch.ones_like(f)))
+        if hue > 0:
+            x = G.adjust_hue(x, torch.where(here == 3, shift, torch.zeros_like(shift)))
+    return x
+
+
+JITTER_CASES = [
+    ((0.4, 0.4, 0.2, 0.1), 0.8),  # DINO's
+    ((0.4, 0.4, 0.2, 0.1), 1.0),
+    ((0.4, 0.4, 0.2, 0.1), 0.0),
+    ((0.9, 0.9, 0.9, 0.5), 1.0),  # strong: clipping and hue wrap-around
+    ((0.4, 0.0, 0.0, 0.1), 0.8),  # brightness and hue only
+    ((0.0, 0.0, 0.0, 0.3), 1.0),  # hue only
+    ((0.0, 0.6, 0.0, 0.0), 1.0),  # contrast only
+    ((0.4, 0.4, 0.2, 0.0), 0.8),  # no hue
+]
+
+
+def _jitter_input(device):
+    x = G.quantize(torch.rand(96, 3, 10, 12, generator=_gen(20)))
+    x[:5] = 0.5  # grey images: hue undefined, contrast/saturation targets equal the image
+    x[5:9, 0] = 1.0  # saturated red channel: brightness > 1 clips
+    return x.to(device)
+
+
+@on_devices
+@pytest.mark.parametrize("compiling", [False, True], ids=["eager", "compile-path"])
+def test_color_jitter_equals_the_former_version_for_the_same_draws(device, compiling, monkeypatch):
+    monkeypatch.setattr(G, "_compiling", lambda: compiling)
+    x = _jitter_input(device)
+    before = x.clone()
+    for strengths, p in JITTER_CASES:
+        ours = G.color_jitter(x, strengths, p, generator=_gen(21, device))
+        former = _former_color_jitter(x, strengths, p, generator=_gen(21, device))
+        # Without hue both are the same arithmetic (exact on the CPU). With hue, the former
+        # version's shift-0 hue passes at the other positions each move a value by up to about
+        # one float32 ulp of the hue angle (~5e-7).
+        exact = strengths[3] == 0 and device == "cpu"
+        tolerance = 0.0 if exact else (1e-6 if strengths[3] == 0 else 2e-6)
+        torch.testing.assert_close(ours, former, atol=tolerance, rtol=0, msg=f"strengths {strengths}, p {p}")
+        if p > 0 and max(strengths) > 0:
+            assert not torch.equal(ours, x)  # it did something
+    assert torch.equal(x, before)  # the input is left alone
+
+
+def test_color_jitter_rotates_the_hue_of_each_jittered_sample_once(monkeypatch):
+    monkeypatch.setattr(G, "_compiling", lambda: False)
+    seen = []
+    real_hue = G.adjust_hue
+
+    def counting_hue(x, shift):
+        seen.append(x.shape[0])
+        return real_hue(x, shift)
+
+    monkeypatch.setattr(G, "adjust_hue", counting_hue)
+    x = _jitter_input("cpu")
+    n = x.shape[0]
+    G.color_jitter(x, (0.4, 0.4, 0.2, 0.1), 0.8, generator=_gen(22))
+    jittered = int(G._coin(n, 0.8, _gen(22), "cpu").sum())  # the first draw of color_jitter
+    assert sum(seen) == jittered and len(seen) <= 4
+
+
+def _former_blur(x, sigma, kernel_size, mask):
+    kernels = G.gaussian_kernels(sigma, kernel_size)
+    delta = torch.zeros_like(kernels)
+    delta[:, kernel_size // 2] = 1.0
+    kernels = torch.where(mask.view(-1, 1), kernels, delta)
+    b, c, h, w = x.shape
+    weight = kernels.repeat_interleave(c, dim=0)
+    pad = kernel_size // 2
+    padded = torch.nn.functional.pad(x, (pad,) * 4, mode="reflect").reshape(1, b * c, h + 2 * pad, w + 2 * pad)
+    out = torch.nn.functional.conv2d(padded, weight.view(b * c, 1, kernel_size, 1), groups=b * c)
+    return torch.nn.functional.conv2d(out, weight.view(b * c, 1, 1, kernel_size), groups=b * c).view(b, c, h, w)
+
+
+@on_devices
+@pytest.mark.parametrize("compiling", [False, True], ids=["eager", "compile-path"])
+def test_masked_ops_leave_unselected_samples_and_match_the_whole_batch_version(device, compiling, monkeypatch):
+    monkeypatch.setattr(G, "_compiling", lambda: compiling)
+    x = G.quantize(torch.rand(12, 3, 24, 24, generator=_gen(23)) * 0.5 + 0.2).to(device)
+    sigma = torch.linspace(0.1, 1.0, 12, device=device)
+    for mask in (torch.arange(12) % 3 == 0, torch.zeros(12, dtype=torch.bool), torch.ones(12, dtype=torch.bool)):
+        mask = mask.to(device)
+        blurred = G.gaussian_blur(x, sigma, 7, mask=mask)
+        torch.testing.assert_close(blurred, _former_blur(x, sigma, 7, mask), atol=1e-6, rtol=0)
+        for ours, whole in ((G.equalize(x, mask), G._equalize_all(x)), (G.autocontrast(x, mask), G._autocontrast_all(x))):
+            torch.testing.assert_close(ours, torch.where(mask.view(-1, 1, 1, 1), whole, x), atol=1e-6, rtol=0)
+        assert torch.equal(blurred[~mask], x[~mask])
+
+
+def test_groups_split_samples_by_label():
+    labels = torch.tensor([2, 0, 4, 2, 1, 0, 4, 4])
+    groups = G._groups(labels, 4)
+    assert [g.tolist() for g in groups] == [[1, 5], [4], [0, 3], []]

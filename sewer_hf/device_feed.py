@@ -1,0 +1,186 @@
+"""Feeding the training device: encoded images decoded there in batches, and a prefetcher that
+prepares batch i+1 on a side CUDA stream while the training step works on batch i.
+
+Decoding PNG frames in DataLoader workers caps what a host feeds (SPEC §6). With JPEG inputs
+(``sewer-hf prepare --format jpeg``), workers only hand over the encoded bytes
+(``collate_encoded``) and the main process decodes the whole batch on the GPU with nvjpeg
+(``decode_batch``: ``torchvision.io.decode_jpeg`` on a list, torchvision >= 0.19); elsewhere,
+and for other formats, images are decoded on the CPU in the main process.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sewer_hf.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+JPEG_MAGIC = (0xFF, 0xD8, 0xFF)
+
+
+# ----------------------------------------------------------------------------- encoded batches
+def encoded_tensor(data: Any) -> Tensor:
+    """The bytes of one encoded image (bytes, a ``datasets`` image dict, or a uint8 tensor) as
+    a 1-d uint8 tensor."""
+    if isinstance(data, dict):
+        data = data.get("bytes")
+    if isinstance(data, Tensor):
+        if data.dtype != torch.uint8 or data.ndim != 1:
+            raise DataError(f"encoded image tensor of dtype {data.dtype} and shape {tuple(data.shape)}: expected 1-d uint8")
+        return data
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        raise DataError(f"expected the encoded bytes of an image, got {type(data).__name__}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def collate_encoded(items: list[Any]) -> dict[str, Tensor]:
+    """DataLoader collate for encoded images: one flat byte tensor plus the sizes, so that the
+    batch crosses from the worker (and into pinned memory) as one block."""
+    tensors = [encoded_tensor(item) for item in items]
+    return {"data": torch.cat(tensors), "sizes": torch.tensor([t.numel() for t in tensors], dtype=torch.int64)}
+
+
+def split_encoded(batch: dict[str, Tensor]) -> list[Tensor]:
+    """The per-image byte tensors of a ``collate_encoded`` batch (views, no copy)."""
+    return list(batch["data"].split(batch["sizes"].tolist()))
+
+
+def is_jpeg(encoded: Tensor) -> bool:
+    return encoded.numel() >= 3 and tuple(encoded[:3].tolist()) == JPEG_MAGIC
+
+
+# ----------------------------------------------------------------------------- decoding
+def nvjpeg_supported(device: torch.device | str) -> bool:
+    """Whether ``decode_batch`` may decode JPEGs on ``device`` with nvjpeg: a CUDA device and a
+    torchvision whose ``decode_jpeg`` takes a list and a device (0.19 and later)."""
+    import torchvision
+
+    if torch.device(device).type != "cuda":
+        return False
+    major, minor = (int(part) for part in torchvision.__version__.split("+")[0].split(".")[:2])
+    return (major, minor) >= (0, 19)
+
+
+def _decode_on_cpu(encoded: list[Tensor]) -> list[Tensor]:
+    from torchvision.io import ImageReadMode, decode_image
+
+    images = []
+    for i, data in enumerate(encoded):
+        try:
+            image = decode_image(data, mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as exc:
+            raise DataError(f"image {i} of the batch cannot be decoded: {exc}") from exc
+        if image.dtype != torch.uint8:
+            raise DataError(f"image {i} of the batch decodes to {image.dtype}: expected 8-bit images")
+        images.append(image)
+    return images
+
+
+def _decode_on_gpu(encoded: list[Tensor], device: torch.device) -> list[Tensor] | None:
+    """nvjpeg batch decode, or None when it fails (an image nvjpeg cannot read, or a
+    torchvision built without nvjpeg): the caller then decodes on the CPU."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as exc:
+        logger.warning("nvjpeg could not decode this batch, decoding it on the CPU: %s", exc)
+        return None
+
+
+def _resized(image: Tensor, size: int) -> Tensor:
+    """Plain (no aspect keeping) bicubic resize with antialiasing, back to uint8."""
+    x = image.unsqueeze(0).float()
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    return x.round_().clamp_(0, 255).to(torch.uint8).squeeze(0)
+
+
+def _stacked(images: list[Tensor], size: int | None) -> Tensor:
+    if size is not None:
+        images = [image if tuple(image.shape[-2:]) == (size, size) else _resized(image, size) for image in images]
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        raise DataError(f"the batch's images have different sizes {sorted(shapes)}: pass size= to resize them")
+    return torch.stack(images)
+
+
+def decode_batch(encoded: list[Tensor], device: torch.device | str, size: int | None = None) -> Tensor:
+    """Encoded images (1-d uint8 CPU tensors) -> uint8 (B, 3, H, W) batch on ``device``.
+
+    All-JPEG batches bound for a CUDA device are decoded there in one nvjpeg call (the hardware
+    decoder on A100/H100-class GPUs); everything else is decoded on the CPU. Images whose size
+    is not ``size`` x ``size`` are resized to it (bicubic, antialiased; on the GPU after nvjpeg);
+    without ``size``, all images must share one size. Raises ``DataError`` for an unreadable
+    image."""
+    device = torch.device(device)
+    if not encoded:
+        raise DataError("decode_batch got an empty batch")
+    if nvjpeg_supported(device) and all(is_jpeg(data) for data in encoded):
+        images = _decode_on_gpu(encoded, device)
+        if images is not None:
+            return _stacked(images, size)
+    return _stacked(_decode_on_cpu(encoded), size).to(device)
+
+
+# ----------------------------------------------------------------------------- prefetching
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+class DevicePrefetcher:
+    """Iterate ``prepare(batch)`` over ``batches``, preparing one batch ahead on CUDA.
+
+    On a CUDA device, ``prepare`` for batch i+1 (copy to the device, decode, augment) is
+    issued on a side stream before batch i is handed out, so the GPU works on it while the
+    training step of batch i runs on the current stream. A handed-out result is safe to use on
+    the current stream: that stream waits for the side stream's work so far, and each tensor is
+    marked as used there (``record_stream``) so that its memory is not reused too early. On
+    other devices it is a plain loop (nothing is prepared ahead).
+    """
+
+    def __init__(self, batches: Iterable, prepare: Callable[[Any], Any], device: torch.device | str) -> None:
+        self.batches, self.prepare, self.device = batches, prepare, torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator:
+        if self.device.type != "cuda":
+            return (self.prepare(batch) for batch in self.batches)
+        return self._ahead(torch.cuda.Stream(device=self.device))
+
+    def _ahead(self, side: torch.cuda.Stream) -> Iterator:
+        batches = iter(self.batches)
+        try:
+            pending = self._issue(next(batches), side)
+        except StopIteration:
+            return
+        for batch in batches:
+            ready = self._hand_over(pending, side)  # before the next prepare joins the side stream
+            pending = self._issue(batch, side)
+            yield ready
+        yield self._hand_over(pending, side)
+
+    def _issue(self, batch: Any, side: torch.cuda.Stream) -> Any:
+        with torch.cuda.stream(side):
+            return self.prepare(batch)
+
+    def _hand_over(self, prepared: Any, side: torch.cuda.Stream) -> Any:
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(side)
+        for tensor in _tensors(prepared):
+            if tensor.device.type == "cuda":
+                tensor.record_stream(current)
+        return prepared
