@@ -39,7 +39,9 @@ import numpy as np
 import torch
 
 from sewer_hf.augment import DecodeForGPU, PretrainTransform
-from sewer_hf.device_feed import DevicePrefetcher, collate_encoded, decode_batch, nvjpeg_supported, split_encoded
+from sewer_hf.device_feed import (
+    DevicePrefetcher, collate_encoded, decode_batch, encoded_tensor, nvjpeg_supported, split_encoded,
+)
 from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, ema_update, param_groups
 from sewer_hf.gpu_augment import GPUPretrainAugment
 from sewer_hf.model import build_student_teacher
@@ -78,7 +80,7 @@ class EncodedFrames(torch.utils.data.Dataset):
     """In-memory encoded frames handed over as bytes (uint8 tensors), cycled."""
 
     def __init__(self, blobs: list[bytes]) -> None:
-        self.blobs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        self.blobs = [encoded_tensor(b) for b in blobs]
 
     def __len__(self) -> int:
         return ENDLESS
@@ -200,7 +202,7 @@ def nvjpeg_check(jpeg_blobs: list[bytes], device) -> str:
         return "CPU (torchvision.io, main process)"
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpeg_blobs[:16]]
+    encoded = [encoded_tensor(b) for b in jpeg_blobs[:16]]
     try:
         on_gpu = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)).cpu()
     except RuntimeError as exc:
@@ -232,17 +234,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def gpu_feeds(args, device, aug_fn, png, jpeg, decode_size: int) -> dict[str, tuple]:
+    """(loader, prepare, workers) of the two device-side feeds: (c) PNG decoded by the workers,
+    (c-jpeg) JPEG bytes decoded on the device; ``prepare`` ends with the GPU augmentation."""
+    png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), args.batch, args.workers, collate_views, device)
+    jpeg_loader = make_loader(EncodedFrames(jpeg), args.batch, args.jpeg_workers, collate_encoded, device)
+    return {
+        "png": (png_loader, lambda b: aug_fn(b.to(device, non_blocking=True)), args.workers),
+        "jpeg": (jpeg_loader, lambda b: aug_fn(decode_batch(split_encoded(b), device, size=decode_size)),
+                 args.jpeg_workers),
+    }
+
+
 def measure_feeds(args, device, aug_fn, png, jpeg, decode_size: int) -> dict[str, float]:
     """The feeds alone: no model step, so their rates bound (c) and (c-jpeg) from above."""
     batch = args.batch
     images = torch.randint(0, 256, (batch, 3, decode_size, decode_size), dtype=torch.uint8, device=device)
     feeds = {"aug": rate(lambda: aug_fn(images), batch, device, 1, args.warmup, args.seconds)}
-    png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
-    feeds["png"] = loader_rate(png_loader, lambda b: aug_fn(b.to(device, non_blocking=True)), lambda views: None,
-                               args, device, batch, args.workers)
-    jpeg_loader = make_loader(EncodedFrames(jpeg), batch, args.jpeg_workers, collate_encoded, device)
-    feeds["jpeg"] = loader_rate(jpeg_loader, lambda b: aug_fn(decode_batch(split_encoded(b), device, size=decode_size)),
-                                lambda views: None, args, device, batch, args.jpeg_workers)
+    for name, (loader, prepare, workers) in gpu_feeds(args, device, aug_fn, png, jpeg, decode_size).items():
+        feeds[name] = loader_rate(loader, prepare, lambda views: None, args, device, batch, workers)
     return feeds
 
 
@@ -256,13 +266,9 @@ def measure_arch(args, device, arch: str, mode: str, aug_fn, png, jpeg, size: in
     to_device = lambda vs: [v.to(device, non_blocking=True) for v in vs]  # noqa: E731
     cpu_loader = make_loader(Frames(png, PretrainTransform(size=size)), batch, args.workers, collate_views, device)
     row["cpu_aug"] = loader_rate(cpu_loader, to_device, step, args, device, batch, args.workers)
-    png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
-    row["gpu_aug"] = loader_rate(png_loader, lambda b: aug_fn(b.to(device, non_blocking=True)), step,
-                                 args, device, batch, args.workers)
-    jpeg_loader = make_loader(EncodedFrames(jpeg), batch, args.jpeg_workers, collate_encoded, device)
-    row["gpu_aug_jpeg"] = loader_rate(
-        jpeg_loader, lambda b: aug_fn(decode_batch(split_encoded(b), device, size=decode_size)), step,
-        args, device, batch, args.jpeg_workers)
+    for name, (loader, prepare, workers) in gpu_feeds(args, device, aug_fn, png, jpeg, decode_size).items():
+        row[{"png": "gpu_aug", "jpeg": "gpu_aug_jpeg"}[name]] = loader_rate(
+            loader, prepare, step, args, device, batch, workers)
     return row
 
 

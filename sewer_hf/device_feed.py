@@ -9,6 +9,7 @@ and for other formats, images are decoded on the CPU in the main process.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable, Iterable, Iterator
 
@@ -58,10 +59,13 @@ def is_jpeg(encoded: Tensor) -> bool:
 def nvjpeg_supported(device: torch.device | str) -> bool:
     """Whether ``decode_batch`` may decode JPEGs on ``device`` with nvjpeg: a CUDA device and a
     torchvision whose ``decode_jpeg`` takes a list and a device (0.19 and later)."""
+    return torch.device(device).type == "cuda" and _torchvision_decodes_jpeg_batches()
+
+
+@functools.cache  # asked once per batch: parse the version once
+def _torchvision_decodes_jpeg_batches() -> bool:
     import torchvision
 
-    if torch.device(device).type != "cuda":
-        return False
     major, minor = (int(part) for part in torchvision.__version__.split("+")[0].split(".")[:2])
     return (major, minor) >= (0, 19)
 

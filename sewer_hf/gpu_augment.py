@@ -243,23 +243,23 @@ def _hue_positions(order: Tensor, apply: Tensor) -> Tensor:
     return torch.where(apply, at, torch.full_like(at, 4))
 
 
-def _blend_step(x: Tensor, op: Tensor, factors: Tensor, need_grey: bool) -> Tensor:
+def _blend_step(x: Tensor, op: Tensor, factors: Sequence[Tensor], need_grey: bool) -> Tensor:
     """One position of the jitter for brightness (op 0), contrast (1) and saturation (2) at
     once: each is ``f * x + (1 - f) * other`` with other = 0, the mean grey level or the grey
     image, so a per-sample choice of ``other`` makes it one pass. op 3 (hue) gets factor 1,
     which leaves x unchanged exactly, as does a zero strength (its factor is drawn as 1)."""
     # a where-chain, not a gather: compiled for CUDA (torch 2.11), indexing by the random
     # order tripped inductor's device-side bounds assert
-    ones = torch.ones_like(factors[:, 0])
-    chosen = torch.where(op == 0, factors[:, 0],
-                         torch.where(op == 1, factors[:, 1], torch.where(op == 2, factors[:, 2], ones)))
-    f = _per_sample(chosen)
+    brightness, contrast, saturation = factors
+    chosen = torch.where(op == 2, saturation, torch.ones_like(saturation))
+    chosen = torch.where(op == 1, contrast, chosen)
+    f = _per_sample(torch.where(op == 0, brightness, chosen))
     if not need_grey:  # brightness only: other is 0
         return (x * f).clamp_(0.0, 1.0)
     grey = grayscale_of(x)
-    saturation = _per_sample(op == 2).to(x.dtype)
-    contrast = _per_sample(op == 1).to(x.dtype)
-    other = saturation * grey + contrast * grey.mean(dim=(1, 2, 3), keepdim=True)
+    is_saturation = _per_sample(op == 2).to(x.dtype)
+    is_contrast = _per_sample(op == 1).to(x.dtype)
+    other = is_saturation * grey + is_contrast * grey.mean(dim=(1, 2, 3), keepdim=True)
     return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
 
 
@@ -278,7 +278,7 @@ def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None
         drawn = _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
         return torch.where(apply, drawn, torch.ones_like(drawn))
 
-    factors = torch.stack([factor(bright), factor(contrast), factor(saturation)], dim=1)
+    factors = (factor(bright), factor(contrast), factor(saturation))
     drawn_hue = _uniform(n, -hue, hue, generator, device)
     shift = torch.where(apply, drawn_hue, torch.zeros_like(drawn_hue))
     order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)

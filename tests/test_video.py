@@ -201,7 +201,7 @@ def _render_footage_frames(n_per_group, image_size, seed):
     return x.contiguous(), torch.tensor(targets).float()
 
 
-def _train_footage_model(out_dir, image_size=64, per_group=200, epochs=24, peak_lr=5e-4, seed=0):
+def _train_footage_model(out_dir, image_size=64, per_group=200, epochs=24, peak_lr=5e-4, batch_size=32, seed=0):
     """A smoke-trained ViT-T/16 from scratch (about two minutes on 2 CPU cores): 1,200 frames of
     the footage classes at 64 px, one-cycle AdamW, flips; thresholds tuned on 120 held-out frames.
     (Fewer steps or a larger lr leave it on the base-rate plateau where every score is constant.)"""
@@ -219,10 +219,10 @@ def _train_footage_model(out_dir, image_size=64, per_group=200, epochs=24, peak_
     head = torch.nn.Linear(backbone.num_features, L.NUM_CLASSES)
     model = torch.nn.Sequential(backbone, head)
     opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=0.05)
-    steps = epochs * -(-len(x) // 32)
+    steps = epochs * -(-len(x) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=peak_lr, total_steps=steps, pct_start=0.1)
     for _ in range(epochs):
-        for idx in torch.randperm(len(x)).split(32):
+        for idx in torch.randperm(len(x)).split(batch_size):
             flip = torch.rand(len(idx)) < 0.5
             xb = torch.where(flip.view(-1, 1, 1, 1), x[idx].flip(3), x[idx])
             loss = F.binary_cross_entropy_with_logits(model(xb), y[idx])
