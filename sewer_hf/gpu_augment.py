@@ -192,8 +192,11 @@ def _per_sample(values: Tensor) -> Tensor:
 
 
 def grayscale_of(x: Tensor) -> Tensor:
+    """(B, 1, H, W) luma. Accumulated in place (3 kernels, no temporaries): the photometric ops
+    are bound by memory traffic on a GPU, not by arithmetic."""
     r, g, b = x.unbind(dim=1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+    grey = torch.mul(r, GRAY_WEIGHTS[0])
+    return grey.add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
 def adjust_brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -220,21 +223,21 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     rotation keeps each pixel's max (V) and min channel, and each output channel is
     min + (max - min) * profile_c(hue), with the piecewise-linear hue profiles of HSV."""
     r, g, b = x.unbind(dim=1)
-    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    minc, maxc = torch.aminmax(x, dim=1)
     spread = maxc - minc
-    divisor = torch.where(spread > 0, spread, torch.ones_like(spread))
-    # Hue in sixths of the circle, sector by sector (grey pixels: any hue, spread is 0).
-    hue6 = torch.where(
-        maxc == r,
-        torch.remainder((g - b) / divisor, 6.0),
-        torch.where(maxc == g, (b - r) / divisor + 2.0, (r - g) / divisor + 4.0),
-    )
-    hue6 = torch.remainder(hue6 + 6.0 * shift.view(-1, 1, 1), 6.0)
-    red = ((hue6 - 3.0).abs() - 1.0).clamp_(0.0, 1.0)
-    green = (2.0 - (hue6 - 2.0).abs()).clamp_(0.0, 1.0)
-    blue = (2.0 - (hue6 - 4.0).abs()).clamp_(0.0, 1.0)
-    profile = torch.stack((red, green, blue), dim=1)
-    return minc.unsqueeze(1) + spread.unsqueeze(1) * profile
+    inverse = spread.clamp_min(1e-12).reciprocal_()  # grey pixels: numerator 0, any hue
+    # Hue in sixths of the circle: (g - b) / spread in the red sector, (b - r) / spread + 2 in
+    # the green one, (r - g) / spread + 4 in the blue one; the shift is added before one wrap.
+    red_max, green_max = maxc == r, maxc == g
+    numerator = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
+    sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0)) + 6.0 * shift.view(-1, 1, 1)
+    hue6 = torch.addcmul(sector, numerator, inverse).remainder_(6.0)
+    out = torch.empty_like(x)
+    red, green, blue = out.unbind(dim=1)
+    torch.sub(hue6, 3.0, out=red).abs_().sub_(1.0).clamp_(0.0, 1.0)
+    torch.sub(hue6, 2.0, out=green).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+    torch.sub(hue6, 4.0, out=blue).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+    return out.mul_(spread.unsqueeze(1)).add_(minc.unsqueeze(1))
 
 
 def _hue_positions(order: Tensor, apply: Tensor) -> Tensor:
@@ -253,14 +256,17 @@ def _blend_step(x: Tensor, op: Tensor, factors: Sequence[Tensor], need_grey: boo
     brightness, contrast, saturation = factors
     chosen = torch.where(op == 2, saturation, torch.ones_like(saturation))
     chosen = torch.where(op == 1, contrast, chosen)
-    f = _per_sample(torch.where(op == 0, brightness, chosen))
+    f = torch.where(op == 0, brightness, chosen)
     if not need_grey:  # brightness only: other is 0
-        return (x * f).clamp_(0.0, 1.0)
+        return (x * _per_sample(f)).clamp_(0.0, 1.0)
     grey = grayscale_of(x)
-    is_saturation = _per_sample(op == 2).to(x.dtype)
-    is_contrast = _per_sample(op == 1).to(x.dtype)
-    other = is_saturation * grey + is_contrast * grey.mean(dim=(1, 2, 3), keepdim=True)
-    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+    keep = 1.0 - f
+    # (1 - f) * other, on one channel: (1 - f) * grey for saturation, (1 - f) * mean grey for
+    # contrast, 0 for the rest; then f * x is added on in the same kernel (addcmul)
+    grey_weight = _per_sample(torch.where(op == 2, keep, torch.zeros_like(keep)))
+    offset = _per_sample(torch.where(op == 1, keep, torch.zeros_like(keep))) * grey.mean(dim=(1, 2, 3), keepdim=True)
+    other = torch.addcmul(offset, grey_weight, grey)
+    return torch.addcmul(other, _per_sample(f), x).clamp_(0.0, 1.0)
 
 
 def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None) -> Tensor:
@@ -297,8 +303,9 @@ def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None
     return x
 
 
-def random_grayscale(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(_per_sample(mask), grayscale_of(x).expand_as(x), x)
+def random_grayscale(x: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
+    """Grey (3 equal channels) for the samples in ``mask``; ``inplace``: write them into x."""
+    return _on_samples(x, mask, lambda part, index: grayscale_of(part).expand_as(part).contiguous(), inplace=inplace)
 
 
 def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
@@ -316,7 +323,8 @@ def _blur_all(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, b * c, height + 2 * pad, width + 2 * pad)
     out = F.conv2d(padded, weight.view(b * c, 1, kernel_size, 1), groups=b * c)
     out = F.conv2d(out, weight.view(b * c, 1, 1, kernel_size), groups=b * c)
-    return out.view(b, c, height, width)
+    # clamped: TF32 convolutions (GPUs) can land a hair outside [0, 1]
+    return out.view(b, c, height, width).clamp_(0.0, 1.0)
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor | None = None) -> Tensor:
@@ -328,9 +336,9 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor | Non
 
 
 def quantize(x: Tensor) -> Tensor:
-    """Round to the 256 uint8 levels (what a uint8 pipeline holds between operations). The clamp
-    matters on GPUs: TF32 convolutions (the blur) can land a hair outside [0, 1]."""
-    return x.mul(255.0).round_().clamp_(0.0, 255.0).div_(255.0)
+    """Round x in [0, 1] to the 256 uint8 levels (what a uint8 pipeline holds between
+    operations)."""
+    return x.mul(255.0).round_().div_(255.0)
 
 
 def _equalize_all(x: Tensor) -> Tensor:
@@ -361,11 +369,11 @@ def autocontrast(x: Tensor, mask: Tensor) -> Tensor:
     return _on_samples(x, mask, lambda part, index: _autocontrast_all(part))
 
 
-def solarize(x: Tensor, mask: Tensor, threshold: int = 128) -> Tensor:
+def solarize(x: Tensor, mask: Tensor, threshold: int = 128, inplace: bool = False) -> Tensor:
     """Invert values >= threshold (on the 0..255 scale); x holds uint8 levels, so the
     comparison sits half a level below the threshold to be immune to float rounding."""
-    hit = _per_sample(mask) & (x >= (threshold - 0.5) / 255.0)
-    return torch.where(hit, 1.0 - x, x)
+    level = (threshold - 0.5) / 255.0
+    return _on_samples(x, mask, lambda part, index: torch.where(part >= level, 1.0 - part, part), inplace=inplace)
 
 
 def random_erase(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, mask: Tensor, value: float = 0.0) -> Tensor:
@@ -401,7 +409,9 @@ class _Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        # (x - mean) / std as one multiply-add: x * (1 / std) + (-mean / std)
+        scale, shift = 1.0 / self.std.to(x.device), -self.mean.to(x.device) / self.std.to(x.device)
+        return torch.addcmul(shift, x, scale)
 
 
 class GPUPretrainAugment(nn.Module):
@@ -458,12 +468,12 @@ class GPUPretrainAugment(nn.Module):
         flip = _coin(n, cfg.flip_p, generator, device)
         x = resized_crop(x, top, left, h, w, flip, size, mode=cfg.interpolation)
         x = color_jitter(x, cfg.color_jitter, cfg.color_jitter_p, generator)
-        x = random_grayscale(x, _coin(n, cfg.grayscale_p, generator, device))
+        x = random_grayscale(x, _coin(n, cfg.grayscale_p, generator, device), inplace=True)  # x: our own
         sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, device)
         x = gaussian_blur(x, sigma, cfg.blur_kernel_size, mask=_coin(n, cfg.blur_p, generator, device))
         x = quantize(x)
         x = equalize(x, _coin(n, cfg.equalize_p, generator, device))
-        x = solarize(x, _coin(n, cfg.solarize_p, generator, device), cfg.solarize_threshold)
+        x = solarize(x, _coin(n, cfg.solarize_p, generator, device), cfg.solarize_threshold, inplace=True)
         return self.normalize(x)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
