@@ -33,6 +33,9 @@ class RunConfig:
     synthetic_size: Optional[str] = "352x288"
     synthetic_defect_fraction: Optional[float] = None  # None = the real Sewer-ML share of defect frames
     num_workers: int = 2
+    # the paper's augmentations drawn batched on the accelerator (CPU workers only decode);
+    # None = on when training on CUDA, false = PIL/torchvision in the CPU workers
+    gpu_augment: Optional[bool] = None
     # --- model ----------------------------------------------------------------------------
     arch: str = "vit_tiny"  # vit_tiny (ViT-T/16) or vit_small (ViT-S/16)
     image_size: int = 224  # paper: 224
@@ -86,7 +89,6 @@ class PretrainConfig(RunConfig):
     n_local_crops: int = 0  # paper: two global views only, no multi-crop
     local_crop_size: int = 96
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    gpu_augment: Optional[bool] = None  # batch augmentation on the accelerator; None = on when CUDA is used
     decode_size: int = 256  # with gpu_augment: CPU workers only decode and resize to this square size
     # --- optimisation ---------------------------------------------------------------------
     base_lr: float = 5e-5  # paper: lr = 5e-5 * global_batch / 256

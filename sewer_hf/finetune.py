@@ -102,7 +102,8 @@ def predict_scores(model, loader, accelerator, desc: str = "eval") -> tuple[np.n
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    from sewer_hf.augment import eval_transform, finetune_transform
+    from sewer_hf.augment import DecodeForGPU, eval_transform, finetune_transform
+    from sewer_hf.gpu_augment import GPUFinetuneAugment
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
     from sewer_hf.dino import param_groups
     from sewer_hf.metrics import compute_metrics
@@ -122,7 +123,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.fraction < 1.0:
         chosen = stratified_fraction(np.asarray(train_hf["labels"]), cfg.fraction, seed=cfg.seed)
         train_hf = train_hf.select(chosen)
-    train_ds = SeededAugmentation(SewerTorchDataset(train_hf, finetune_transform(cfg.image_size)), cfg.seed)
+    use_gpu_aug = cfg.gpu_augment if cfg.gpu_augment is not None else accelerator.device.type == "cuda"
+    if use_gpu_aug:  # workers decode and resize (the reference's first step); the rest is batched on the device
+        transform, gpu_aug = DecodeForGPU(cfg.image_size), GPUFinetuneAugment(size=cfg.image_size).to(accelerator.device)
+    else:
+        transform, gpu_aug = finetune_transform(cfg.image_size), None
+    train_ds = SeededAugmentation(SewerTorchDataset(train_hf, transform), cfg.seed)
     loader = make_train_loader(train_ds, cfg, collate_skip_bad)
     val_loader = torch.utils.data.DataLoader(
         SewerTorchDataset(val_hf, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
@@ -158,17 +164,22 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     mode = "linear probe" if cfg.linear_probe else ("fine-tune" if cfg.backbone else "supervised from scratch")
     accelerator.print(
         f"{mode} {cfg.arch}: {len(train_hf)}/{n_full} train images (fraction {cfg.fraction}), {len(val_hf)} val, "
-        f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}")
+        f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
+        f"augmentation on {'the device' if gpu_aug is not None else 'CPU workers'}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc=mode)
     model.train()
     while state.step < total_steps and state.epoch < cfg.epochs:
         for batch in state.epoch_batches(loader, train_ds, accelerator):
             it = state.step
+            pixels = batch["pixel_values"]
+            if gpu_aug is not None:
+                pixels = gpu_aug(pixels.to(accelerator.device, non_blocking=True),
+                                 generator=state.augment_generator(cfg.seed, accelerator))
             set_lr_wd(optimizer, float(lr_sched[it]))
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    logits = model_fwd(batch["pixel_values"])
+                    logits = model_fwd(pixels)
                 loss = criterion(logits, batch["labels"])
                 check_finite(accelerator, loss, it, ckpt)
                 accelerator.backward(loss)
@@ -178,7 +189,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
-            progress.step_done(batch["pixel_values"].shape[0] * accelerator.num_processes, loss,
+            progress.step_done(pixels.shape[0] * accelerator.num_processes, loss,
                                {"lr": float(lr_sched[it])})
             if progress.finished:
                 break

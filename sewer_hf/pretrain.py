@@ -166,9 +166,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         for batch in state.epoch_batches(loader, train_ds, accelerator):
             it = state.step
             if gpu_aug is not None:
-                # Seeded by (seed, step, rank): a resumed run draws the same views.
-                gen = torch.Generator(device=accelerator.device).manual_seed(
-                    cfg.seed * 1_000_003 + it * 1_009 + accelerator.process_index)
+                gen = state.augment_generator(cfg.seed, accelerator)
                 views = gpu_aug(batch["pixel_values"].to(accelerator.device, non_blocking=True), generator=gen)
             else:
                 views = [v.to(accelerator.device, non_blocking=True) for v in batch["pixel_values"]]

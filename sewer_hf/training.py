@@ -83,6 +83,13 @@ class TrainState:
         self.epoch += 1
         self.batches_in_epoch = 0
 
+    def augment_generator(self, seed: int, accelerator) -> torch.Generator:
+        """A generator on the training device for the batch ``epoch_batches`` just handed out,
+        seeded by (seed, epoch, batch of the epoch, process): each micro-batch draws its own
+        device-side augmentation, and a resumed run draws the same ones."""
+        key = ((seed * 1_000_003 + self.epoch) * 1_000_003 + self.batches_in_epoch) * 1_009 + accelerator.process_index
+        return torch.Generator(device=accelerator.device).manual_seed(key % 2**63)
+
 
 class CheckpointManager:
     """`save_state` into `<output_dir>/checkpoints/step_XXXXXXXX`, atomically, keeping the last K.

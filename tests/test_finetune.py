@@ -2,6 +2,7 @@
 classifier with the stock pipeline, predict + evaluate end to end, and the weighted loss."""
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -131,3 +132,35 @@ def test_prior_logits_minimise_the_weighted_loss_among_constants():
     best = loss(b.expand(400, 17), y)
     for shift in (-0.2, 0.2):
         assert loss((b + shift).expand(400, 17), y) > best
+
+
+def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_path, capsys):
+    """gpu_augment (forced on, here on the CPU): workers only decode; the batched fine-tuning
+    augmentation draws from a generator keyed by epoch and batch, so a resumed run matches."""
+    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, gpu_augment=True)
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full")))
+    assert "augmentation on the device" in capsys.readouterr().out
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4))
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest"))
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "split" / "checkpoints" / "step_00000006" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    lines = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("loss" in r for r in lines) == 6 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
+
+
+def test_augment_generator_differs_per_batch_and_repeats_on_resume():
+    from types import SimpleNamespace
+
+    from sewer_hf.training import TrainState
+
+    accelerator = SimpleNamespace(device=torch.device("cpu"), process_index=0)
+    state = TrainState()
+    draws = []
+    for epoch, batch in [(0, 1), (0, 2), (1, 1), (0, 1)]:
+        state.epoch, state.batches_in_epoch = epoch, batch
+        draws.append(torch.rand(4, generator=state.augment_generator(7, accelerator)))
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert torch.equal(draws[0], draws[3])  # same (epoch, batch): same draws, as after a resume
+    other_rank = SimpleNamespace(device=torch.device("cpu"), process_index=1)
+    assert not torch.equal(draws[3], torch.rand(4, generator=state.augment_generator(7, other_rank)))
