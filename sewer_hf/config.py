@@ -36,6 +36,7 @@ class RunConfig:
     # the paper's augmentations drawn batched on the accelerator (CPU workers only decode);
     # None = on when training on CUDA, false = PIL/torchvision in the CPU workers
     gpu_augment: Optional[bool] = None
+    gpu_augment_dtype: str = "auto"  # its colour ops: auto = float16 on CUDA (half the memory traffic), else float32
     # --- model ----------------------------------------------------------------------------
     arch: str = "vit_tiny"  # vit_tiny (ViT-T/16) or vit_small (ViT-S/16)
     image_size: int = 224  # paper: 224
@@ -64,6 +65,7 @@ class RunConfig:
     def validate(self) -> None:
         _check_choice("arch", self.arch, ("vit_tiny", "vit_small", "vit_tiny_patch16_224", "vit_small_patch16_224"))
         _check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        _check_choice("gpu_augment_dtype", self.gpu_augment_dtype, ("auto", "float32", "float16"))
         _check_positive(self, "epochs", "batch_size", "image_size", "gradient_accumulation_steps",
                         "save_every_steps", "keep_last", "log_every")
         if self.image_size % 16:

@@ -125,7 +125,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         train_hf = train_hf.select(chosen)
     use_gpu_aug = cfg.gpu_augment if cfg.gpu_augment is not None else accelerator.device.type == "cuda"
     if use_gpu_aug:  # workers decode and resize (the reference's first step); the rest is batched on the device
-        transform, gpu_aug = DecodeForGPU(cfg.image_size), GPUFinetuneAugment(size=cfg.image_size).to(accelerator.device)
+        gpu_aug = GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=cfg.gpu_augment_dtype).to(accelerator.device)
+        transform = DecodeForGPU(cfg.image_size)
     else:
         transform, gpu_aug = finetune_transform(cfg.image_size), None
     train_ds = SeededAugmentation(SewerTorchDataset(train_hf, transform), cfg.seed)

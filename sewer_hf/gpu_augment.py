@@ -225,12 +225,12 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     r, g, b = x.unbind(dim=1)
     minc, maxc = torch.aminmax(x, dim=1)
     spread = maxc - minc
-    inverse = spread.clamp_min(1e-12).reciprocal_()  # grey pixels: numerator 0, any hue
+    inverse = spread.clamp_min(torch.finfo(x.dtype).tiny).reciprocal_()  # grey pixels: numerator 0, any hue
     # Hue in sixths of the circle: (g - b) / spread in the red sector, (b - r) / spread + 2 in
     # the green one, (r - g) / spread + 4 in the blue one; the shift is added before one wrap.
     red_max, green_max = maxc == r, maxc == g
     numerator = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
-    sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0)) + 6.0 * shift.view(-1, 1, 1)
+    sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0)) + 6.0 * shift.to(x.dtype).view(-1, 1, 1)
     hue6 = torch.addcmul(sector, numerator, inverse).remainder_(6.0)
     out = torch.empty_like(x)
     red, green, blue = out.unbind(dim=1)
@@ -282,7 +282,7 @@ def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None
 
     def factor(strength: float) -> Tensor:
         drawn = _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
-        return torch.where(apply, drawn, torch.ones_like(drawn))
+        return torch.where(apply, drawn, torch.ones_like(drawn)).to(x.dtype)
 
     factors = (factor(bright), factor(contrast), factor(saturation))
     drawn_hue = _uniform(n, -hue, hue, generator, device)
@@ -317,7 +317,7 @@ def gaussian_kernels(sigma: Tensor, kernel_size: int) -> Tensor:
 
 def _blur_all(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     b, c, height, width = x.shape
-    kernels = gaussian_kernels(sigma.to(x.dtype), kernel_size)
+    kernels = gaussian_kernels(sigma.float(), kernel_size).to(x.dtype)
     weight = kernels.repeat_interleave(c, dim=0)  # (B*C, K): one filter per image channel
     pad = kernel_size // 2
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect").reshape(1, b * c, height + 2 * pad, width + 2 * pad)
@@ -359,7 +359,7 @@ def _autocontrast_all(x: Tensor) -> Tensor:
     low = x.amin(dim=(-2, -1), keepdim=True)
     high = x.amax(dim=(-2, -1), keepdim=True)
     flat = high == low
-    scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low).clamp_min(1e-12))
+    scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low).clamp_min(torch.finfo(x.dtype).tiny))
     low = torch.where(flat, torch.zeros_like(low), low)
     return ((x - low) * scale).clamp_(0.0, 1.0)
 
@@ -386,13 +386,28 @@ def random_erase(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, mas
 
 
 # ----------------------------------------------------------------------------- modules
-def _as_float_batch(images: Tensor) -> Tensor:
+def _as_float_batch(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
         raise DataError(f"augment batch is {got}: expected a uint8 tensor (B, 3, H, W)")
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
-    return images.float().div_(255.0)
+    return images.to(dtype).div_(255.0)
+
+
+PHOTOMETRIC_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def resolve_photometric_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The dtype of the colour ops: ``auto`` is float16 on CUDA, where they are bound by memory
+    traffic (half the bytes; about 0.1 of a uint8 level of rounding, far below the reference's
+    own rounding to uint8 after every op), and float32 elsewhere (CPU half arithmetic is slow).
+    Crops and rotations always sample in float32: their grid coordinates need it."""
+    if choice == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if choice not in PHOTOMETRIC_DTYPES:
+        raise ConfigError(f"photometric dtype {choice!r}: expected auto, float32 or float16")
+    return PHOTOMETRIC_DTYPES[choice]
 
 
 def _check_generator(generator, device: torch.device) -> None:
@@ -436,6 +451,7 @@ class GPUPretrainAugment(nn.Module):
         *,
         config: PretrainAugConfig | None = None,
         antialias_prescale: bool = True,
+        photometric_dtype: str = "auto",
     ) -> None:
         super().__init__()
         self.config = with_overrides(
@@ -444,6 +460,8 @@ class GPUPretrainAugment(nn.Module):
             mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
         )
         self.antialias_prescale = antialias_prescale
+        resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
+        self.photometric_dtype = photometric_dtype
         self.normalize = _Normalize(self.config.mean, self.config.std)
 
     def _needed_short_side(self) -> float:
@@ -467,6 +485,7 @@ class GPUPretrainAugment(nn.Module):
         top, left, h, w = sample_crop_boxes(n, x.shape[-2], x.shape[-1], scale, cfg.ratio, generator, device)
         flip = _coin(n, cfg.flip_p, generator, device)
         x = resized_crop(x, top, left, h, w, flip, size, mode=cfg.interpolation)
+        x = x.to(resolve_photometric_dtype(self.photometric_dtype, device))
         x = color_jitter(x, cfg.color_jitter, cfg.color_jitter_p, generator)
         x = random_grayscale(x, _coin(n, cfg.grayscale_p, generator, device), inplace=True)  # x: our own
         sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, device)
@@ -497,29 +516,34 @@ class GPUFinetuneAugment(nn.Module):
         std: Sequence[float] | None = None,
         *,
         config: FinetuneAugConfig | None = None,
+        photometric_dtype: str = "auto",
     ) -> None:
         super().__init__()
         self.config = with_overrides(
             config or FinetuneAugConfig(),
             size=size, mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
         )
+        resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
+        self.photometric_dtype = photometric_dtype
         self.normalize = _Normalize(self.config.mean, self.config.std)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         cfg = self.config
-        x = _as_float_batch(images)
+        dtype = resolve_photometric_dtype(self.photometric_dtype, images.device)
+        resize = tuple(images.shape[-2:]) != (cfg.size, cfg.size)
+        x = _as_float_batch(images, torch.float32 if resize else dtype)  # resizing samples in float32
         _check_generator(generator, x.device)
         n, device = x.shape[0], x.device
-        if tuple(x.shape[-2:]) != (cfg.size, cfg.size):
+        if resize:
             x = F.interpolate(x, size=(cfg.size, cfg.size), mode=cfg.interpolation, antialias=True, align_corners=False)
-            x = x.clamp_(0.0, 1.0)
+            x = x.clamp_(0.0, 1.0).to(dtype)
         x = color_jitter(x, cfg.color_jitter, cfg.color_jitter_p, generator)
         x = horizontal_flip(x, _coin(n, cfg.flip_p, generator, device))
         x = quantize(x)
         x = equalize(x, _coin(n, cfg.equalize_p, generator, device))
         x = autocontrast(x, _coin(n, cfg.autocontrast_p, generator, device))
         angle = _uniform(n, -cfg.rotation_degrees, cfg.rotation_degrees, generator, device)
-        x = rotate(x, angle, mode=cfg.affine_interpolation)
+        x = rotate(x.float(), angle, mode=cfg.affine_interpolation)
         x = self.normalize(x)
         top, left, h, w, found = sample_erase_boxes(n, cfg.size, cfg.size, cfg.erase_scale, cfg.erase_ratio, generator, device)
         erase = _coin(n, cfg.erase_p, generator, device) & found

@@ -96,7 +96,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     use_gpu_aug = cfg.gpu_augment if cfg.gpu_augment is not None else accelerator.device.type == "cuda"
     if use_gpu_aug:  # workers only decode; the random views are drawn batched on the device
         transform = DecodeForGPU(cfg.decode_size)
-        gpu_aug = GPUPretrainAugment(**aug_kwargs).to(accelerator.device)
+        gpu_aug = GPUPretrainAugment(**aug_kwargs, photometric_dtype=cfg.gpu_augment_dtype).to(accelerator.device)
     else:
         transform, gpu_aug = PretrainTransform(**aug_kwargs), None
     train_ds = SeededAugmentation(SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid), cfg.seed)

@@ -135,9 +135,10 @@ def test_prior_logits_minimise_the_weighted_loss_among_constants():
 
 
 def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_path, capsys):
-    """gpu_augment (forced on, here on the CPU): workers only decode; the batched fine-tuning
-    augmentation draws from a generator keyed by epoch and batch, so a resumed run matches."""
-    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, gpu_augment=True)
+    """gpu_augment (forced on, here on the CPU, with float16 colour ops): workers only decode;
+    the batched fine-tuning augmentation draws from a generator keyed by epoch and batch, so a
+    resumed run matches."""
+    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, gpu_augment=True, gpu_augment_dtype="float16")
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full")))
     assert "augmentation on the device" in capsys.readouterr().out
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4))

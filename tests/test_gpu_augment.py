@@ -32,6 +32,8 @@ QUIET_FINETUNE = dataclasses.replace(
 # CUDA joins when present (the device machine); the CPU always runs every test.
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 on_devices = pytest.mark.parametrize("device", DEVICES)
+# The colour ops' dtype: "auto" is float32 on the CPU and float16 on CUDA; float16 also runs here.
+in_dtypes = pytest.mark.parametrize("dtype", ["auto", "float16"])
 
 
 def _gen(seed: int, device="cpu") -> torch.Generator:
@@ -54,9 +56,11 @@ def _identity_geometry(config: PretrainAugConfig, size: int) -> PretrainAugConfi
 
 # ----------------------------------------------------------------------------- shapes, API
 @on_devices
-def test_pretrain_views_shapes_dtypes_and_range(device):
+@in_dtypes
+def test_pretrain_views_shapes_dtypes_and_range(device, dtype):
     batch = _noise(4, 40, 48).to(device)
-    views = [v.cpu() for v in G.GPUPretrainAugment(size=32).to(device)(batch, generator=_gen(0, device))]
+    augment = G.GPUPretrainAugment(size=32, photometric_dtype=dtype).to(device)
+    views = [v.cpu() for v in augment(batch, generator=_gen(0, device))]
     assert len(views) == 2
     for view in views:
         assert view.shape == (4, 3, 32, 32) and view.dtype == torch.float32
@@ -66,8 +70,10 @@ def test_pretrain_views_shapes_dtypes_and_range(device):
 
 
 @on_devices
-def test_finetune_shape_dtype_and_range(device):
-    out = G.GPUFinetuneAugment(size=24).to(device)(_noise(5, 30, 36).to(device), generator=_gen(0, device)).cpu()
+@in_dtypes
+def test_finetune_shape_dtype_and_range(device, dtype):
+    augment = G.GPUFinetuneAugment(size=24, photometric_dtype=dtype).to(device)
+    out = augment(_noise(5, 30, 36).to(device), generator=_gen(0, device)).cpu()
     assert out.shape == (5, 3, 24, 24) and out.dtype == torch.float32
     assert (out >= LOW - 1e-5).all() and (out <= HIGH + 1e-5).all()
 
@@ -220,11 +226,13 @@ def _rate(values: torch.Tensor) -> float:
 
 
 @on_devices
-def test_pretrain_op_rates_match_configuration(device):
+@in_dtypes
+def test_pretrain_op_rates_match_configuration(device, dtype):
     n = 1500
 
     def run(config, batch, seed):
-        return _levels(G.GPUPretrainAugment(config=config).to(device)(batch.to(device), generator=_gen(seed, device))[0].cpu())
+        augment = G.GPUPretrainAugment(config=config, photometric_dtype=dtype).to(device)
+        return _levels(augment(batch.to(device), generator=_gen(seed, device))[0].cpu())
 
     # Grayscale: colour noise keeps unequal channels unless grayscale fires (all other ops on).
     levels = run(PretrainAugConfig(size=8), _noise(n, 12, 12, seed=9), 9)
@@ -259,11 +267,13 @@ def test_pretrain_op_rates_match_configuration(device):
 
 
 @on_devices
-def test_finetune_op_rates_match_configuration(device):
+@in_dtypes
+def test_finetune_op_rates_match_configuration(device, dtype):
     n, size = 1500, 16
 
     def run(config, batch, seed):
-        return G.GPUFinetuneAugment(config=config).to(device)(batch.to(device), generator=_gen(seed, device)).cpu()
+        augment = G.GPUFinetuneAugment(config=config, photometric_dtype=dtype).to(device)
+        return augment(batch.to(device), generator=_gen(seed, device)).cpu()
 
     dull = _noise(n, size, size, low=100, high=105, seed=13)
     levels = _levels(run(dataclasses.replace(QUIET_FINETUNE, size=size, autocontrast_p=0.3), dull, 13))
@@ -304,7 +314,8 @@ def test_rotation_stays_within_five_degrees():
 
 
 @on_devices
-def test_pixel_statistics_match_the_cpu_reference(device):
+@in_dtypes
+def test_pixel_statistics_match_the_cpu_reference(device, dtype):
     """Per-channel mean and spread of views of one image agree between CPU and GPU pipelines."""
     height, width = 48, 60
     yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
@@ -312,7 +323,8 @@ def test_pixel_statistics_match_the_cpu_reference(device):
     image = (base + 30 * torch.rand(3, height, width, generator=_gen(17))).clamp(0, 255).to(torch.uint8)
     size = 32
     batch = image.expand(600, -1, -1, -1).contiguous().to(device)
-    gpu = torch.cat(G.GPUPretrainAugment(size=size).to(device)(batch, generator=_gen(17, device))).cpu()
+    augment = G.GPUPretrainAugment(size=size, photometric_dtype=dtype).to(device)
+    gpu = torch.cat(augment(batch, generator=_gen(17, device))).cpu()
     torch.manual_seed(17)
     transform = PretrainTransform(size=size)
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
@@ -323,12 +335,14 @@ def test_pixel_statistics_match_the_cpu_reference(device):
     torch.testing.assert_close(gpu_std, cpu_std, atol=0.1, rtol=0.05)
 
 
-def test_finetune_statistics_match_the_cpu_reference():
+@in_dtypes
+def test_finetune_statistics_match_the_cpu_reference(dtype):
     from sewer_hf.augment import finetune_transform
 
     image = _noise(1, 40, 40, low=40, high=200, seed=18)[0]
     size = 24
-    gpu = G.GPUFinetuneAugment(size=size)(image.expand(600, -1, -1, -1).contiguous(), generator=_gen(18))
+    augment = G.GPUFinetuneAugment(size=size, photometric_dtype=dtype)
+    gpu = augment(image.expand(600, -1, -1, -1).contiguous(), generator=_gen(18))
     torch.manual_seed(18)
     transform = finetune_transform(size=size)
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
@@ -452,3 +466,24 @@ def test_groups_split_samples_by_label():
     labels = torch.tensor([2, 0, 4, 2, 1, 0, 4, 4])
     groups = G._groups(labels, 4)
     assert [g.tolist() for g in groups] == [[1, 5], [4], [0, 3], []]
+
+
+def test_float16_colour_ops_stay_within_a_level_of_float32():
+    """Same draws in both dtypes: float16 rounding moves a pixel by about 0.1 of a uint8 level on
+    average (the CPU reference rounds to whole levels after every op); rare larger moves are
+    level flips that equalize spreads. The outputs are float32 either way."""
+    batch = _noise(16, 64, 64, seed=24)
+    for module in (G.GPUPretrainAugment(size=48, photometric_dtype="float32"), G.GPUFinetuneAugment(size=48, photometric_dtype="float32")):
+        half = type(module)(size=48, photometric_dtype="float16")
+        full, low = module(batch, generator=_gen(24)), half(batch, generator=_gen(24))
+        for a, b in zip(full if isinstance(full, list) else [full], low if isinstance(low, list) else [low]):
+            assert b.dtype == torch.float32 and torch.isfinite(b).all()
+            moved = (_levels(a) - _levels(b)).abs()
+            assert moved.mean() < 0.3 and (moved > 1.5).float().mean() < 0.01
+
+
+def test_unknown_photometric_dtype_is_a_config_error():
+    from sewer_hf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bfloat16.*auto, float32 or float16"):
+        G.GPUPretrainAugment(photometric_dtype="bfloat16")
