@@ -4,6 +4,11 @@ process) vs the batched module of ``sewer_hf.gpu_augment`` on the best device av
 Prints images/s for each and the ratio batched / reference, measured in the same run.
 Image decoding is not included (both start from decoded pixels).
 
+On a GPU the eager batched module is bound by memory traffic, not arithmetic, so it also
+prints the bytes its ATen ops read and write per image, for float32 and float16 colour ops
+(counted with a dispatch mode; views move nothing, index ops count the rows they move). The
+count is the same on every device, so a CPU run tells what a GPU would have to move.
+
     python benchmarks/augment_throughput.py [--quick] [--mode pretrain|finetune|both]
         [--height 256 --width 320] [--batch 128] [--device cuda] [--compile]
 """
@@ -23,6 +28,36 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the batched module")
     return parser.parse_args(argv)
+
+
+def traffic_per_image(module, batch) -> float:
+    """Bytes read + written per image by the ATen ops of one eager ``module(batch)`` call."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    def nbytes(tensor) -> int:
+        return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0
+
+    class Count(TorchDispatchMode):
+        moved = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.__name__.split(".")[0]
+            if func.is_view or name.startswith("empty") or name in ("_to_copy", "to") and out is args[0]:
+                return out
+            if name in ("index_copy_", "index_copy"):  # reads and writes the copied rows
+                self.moved += 2 * nbytes(args[3]) + (2 * nbytes(args[0]) if name == "index_copy" else 0)
+            elif name == "index_select":
+                self.moved += 2 * nbytes(out)
+            else:
+                self.moved += sum(map(nbytes, tree_leaves((args, kwargs)))) + sum(map(nbytes, tree_leaves(out)))
+            return out
+
+    with torch.inference_mode(), Count() as count:
+        module(batch)
+    return count.moved / len(batch)
 
 
 def _time_reference(transform, image, seconds: float, min_images: int) -> float:
@@ -86,6 +121,10 @@ def main(argv=None) -> int:
             f"{mode:9s} ({views} view{'s' if views > 1 else ''}/image): reference PIL {ref_rate:8.1f} img/s (1 process)"
             f" | batched {batched_rate:9.1f} img/s | ratio {batched_rate / ref_rate:6.2f}x"
         )
+        cls = type(module)
+        moved = {dtype: traffic_per_image(cls(photometric_dtype=dtype).to(device), batch) / 1e6 for dtype in ("float32", "float16")}
+        print(f"{mode:9s} memory traffic of the eager batched module: float32 colour ops {moved['float32']:.1f} MB/img, "
+              f"float16 {moved['float16']:.1f} MB/img ({moved['float16'] / moved['float32']:.2f}x)")
     return 0
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The device check: the pretraining recipe on a GPU (fp16 with GradScaler, bf16 + torch.compile,
-# batch augmentation on the device), then the throughput benchmark (compiled ViT-T and ViT-S:
-# (a), (b), (c), (c-jpeg)), then the CUDA cases of the device-feed / augmentation tests when
-# pytest is there (SKIP_TESTS=1 skips them). Writes logs under $OUT. About 6 minutes on an H200.
+# batch augmentation on the device, fed by the background thread), then the throughput benchmark
+# (compiled ViT-T and ViT-S: (a), (b), (c), (c-jpeg)), then the CUDA cases of the device-feed /
+# augmentation tests when pytest is there (SKIP_TESTS=1 skips them). Writes logs under $OUT.
+# About 6 minutes on an H200; COMPARE=1 adds about 4 (the former feed, the compiled augmentation).
 set -u
 OUT=${OUT:-runs/gpu_check}; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -24,8 +25,15 @@ for precision in ${RECIPES:-fp16 bf16}; do
   tail -2 "/tmp/run_$1/metrics.jsonl" 2>/dev/null | cut -c1-200
 done
 timeout 270 python3 benchmarks/pretrain_throughput.py ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
+# COMPARE=1: the same run's former path (in-line feed, float32 colour ops) and the compiled augmentation, ViT-S and ViT-T
+if [ -n "${COMPARE:-}" ]; then
+  timeout 150 python3 benchmarks/pretrain_throughput.py --archs vit_small,vit_tiny --feed inline --aug-dtype float32 \
+    --json "$OUT/throughput_former.json" 2>&1 | grep -v Warning | tail -4 | tee "$OUT/throughput_former.log"
+  timeout 150 python3 benchmarks/pretrain_throughput.py --archs vit_small,vit_tiny --compile-aug \
+    --json "$OUT/throughput_compiled_aug.json" 2>&1 | grep -v Warning | tail -4 | tee "$OUT/throughput_compiled_aug.log"
+fi
 if [ -z "${SKIP_TESTS:-}" ] && python3 -c "import pytest" 2>/dev/null; then
-  # nvjpeg decode, the side-stream prefetcher and the gathered/compile-path ops on CUDA
-  timeout 90 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/test_device_feed.py tests/test_gpu_augment.py \
-    -k "cuda and (decode or prefetcher or former or masked or op_rates)" 2>&1 | tail -15 | tee "$OUT/cuda_tests.log"
+  # nvjpeg decode, the feed thread / side stream and the augmentation (float16 colour ops by default) on CUDA
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/test_device_feed.py tests/test_gpu_augment.py \
+    -k "cuda and (decode or feed or former or masked or op_rates or statistics or shapes)" 2>&1 | tail -15 | tee "$OUT/cuda_tests.log"
 fi

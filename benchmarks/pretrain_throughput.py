@@ -14,8 +14,12 @@ and prints (b), (c) and (c-jpeg) as ratios to (a) from the same run, the model F
 (MFU) of (a) against the card's dense bf16 peak, and the rates of the feeds alone (loader +
 decode + augmentation, no model step), which say whether the feed or the step limits a row.
 Inputs are prepared-size (256 px) synthetic frames held in memory, PNG and JPEG (quality 95),
-as `sewer-hf prepare --format png|jpeg` writes them. On CUDA the device-side preparation of
-batch i+1 runs on a side stream while the step works on batch i (`--no-prefetch`: in line).
+as `sewer-hf prepare --format png|jpeg` writes them. The device-side preparation (copy, decode,
+augmentation) of the next batches runs in a background thread on its own CUDA stream while the
+step works on the current one, as in the recipes (`--feed stream`: one batch ahead on a side
+stream from the main thread; `--feed inline`: in the loop). The colour ops of the GPU
+augmentation run in float16 on CUDA (`--aug-dtype float32` for the former path); the feeds-alone
+line also times the float32 augmentation for comparison.
 
 Steady state: each loader worker builds whole batches and the loader hands them over worker by
 worker, so batches come in rounds of `workers`. Every loader timing runs whole rounds (one to
@@ -40,10 +44,10 @@ import torch
 
 from sewer_hf.augment import DecodeForGPU, PretrainTransform
 from sewer_hf.device_feed import (
-    DevicePrefetcher, collate_encoded, decode_batch, encoded_tensor, nvjpeg_supported, split_encoded,
+    FEED_MODES, DevicePrefetcher, collate_encoded, decode_batch, encoded_tensor, nvjpeg_supported, split_encoded,
 )
 from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, ema_update, param_groups
-from sewer_hf.gpu_augment import GPUPretrainAugment
+from sewer_hf.gpu_augment import GPUPretrainAugment, resolve_photometric_dtype
 from sewer_hf.model import build_student_teacher
 from sewer_hf.prepare import JPEG_QUALITY
 
@@ -177,15 +181,15 @@ def rate(step, batch: int, device, round_len: int, warmup_s: float, seconds: flo
     return n * round_len * batch / (time.perf_counter() - start)
 
 
-def feed(loader, prepare, device, prefetch: bool):
-    """Prepared batches of ``loader``: through the side-stream prefetcher, or in line."""
-    return iter(DevicePrefetcher(loader, prepare, device)) if prefetch else (prepare(b) for b in loader)
+def feed(loader, prepare, device, mode: str):
+    """Prepared batches of ``loader`` through the device prefetcher (thread, stream or inline)."""
+    return iter(DevicePrefetcher(loader, prepare, device, mode=mode))
 
 
 def loader_rate(loader, prepare, consume, args, device, batch: int, workers: int) -> float:
     """Steady-state images/s of ``consume(prepare(batch))`` over ``loader``; stops its workers.
     A variant that fails prints why and gives NaN, so that the others still report."""
-    batches = feed(loader, prepare, device, not args.no_prefetch)
+    batches = feed(loader, prepare, device, args.feed)
     try:
         return rate(lambda: consume(next(batches)), batch, device, max(1, workers), args.warmup, args.seconds)
     except Exception as exc:  # noqa: BLE001 - one broken variant must not hide the others
@@ -224,7 +228,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up after the first round")
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timed seconds per measurement")
     parser.add_argument("--compile-aug", action="store_true", help="also torch.compile the GPU augmentation (compile mode)")
-    parser.add_argument("--no-prefetch", action="store_true", help="prepare each batch in line, no side stream")
+    parser.add_argument("--feed", choices=FEED_MODES, default="thread",
+                        help="how the device-side preparation overlaps the step (default: a background thread)")
+    parser.add_argument("--aug-dtype", choices=("auto", "float32", "float16"), default="auto",
+                        help="dtype of the GPU augmentation's colour ops (auto: float16 on CUDA)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -246,11 +253,14 @@ def gpu_feeds(args, device, aug_fn, png, jpeg, decode_size: int) -> dict[str, tu
     }
 
 
-def measure_feeds(args, device, aug_fn, png, jpeg, decode_size: int) -> dict[str, float]:
-    """The feeds alone: no model step, so their rates bound (c) and (c-jpeg) from above."""
+def measure_feeds(args, device, aug_fn, png, jpeg, size: int, decode_size: int) -> dict[str, float]:
+    """The feeds alone: no model step, so their rates bound (c) and (c-jpeg) from above; and the
+    eager augmentation with float32 colour ops, for comparison."""
     batch = args.batch
     images = torch.randint(0, 256, (batch, 3, decode_size, decode_size), dtype=torch.uint8, device=device)
     feeds = {"aug": rate(lambda: aug_fn(images), batch, device, 1, args.warmup, args.seconds)}
+    float32_aug = GPUPretrainAugment(size=size, photometric_dtype="float32").to(device)
+    feeds["aug_float32"] = rate(lambda: float32_aug(images), batch, device, 1, args.warmup, args.seconds)
     for name, (loader, prepare, workers) in gpu_feeds(args, device, aug_fn, png, jpeg, decode_size).items():
         feeds[name] = loader_rate(loader, prepare, lambda views: None, args, device, batch, workers)
     return feeds
@@ -286,7 +296,7 @@ def main(argv=None) -> int:
     peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     print(f"device: {name}; torch {torch.__version__}, torchvision {torchvision.__version__}; batch {args.batch}, "
           f"{size} px, {out_dim} prototypes; {args.workers} decoding workers, {args.jpeg_workers} byte workers; "
-          f"prefetch on a side stream: {device.type == 'cuda' and not args.no_prefetch}")
+          f"feed: {args.feed}; colour ops of the GPU augmentation in {str(resolve_photometric_dtype(args.aug_dtype, device)).replace('torch.', '')}")
     png, jpeg = make_frames(n_frames, decode_size)
     print(f"frames: {n_frames} at {decode_size} px, PNG {np.mean([len(b) for b in png]) / 1e3:.0f} kB, "
           f"JPEG q{JPEG_QUALITY} {np.mean([len(b) for b in jpeg]) / 1e3:.0f} kB; (c-jpeg) decodes with "
@@ -294,12 +304,13 @@ def main(argv=None) -> int:
 
     rows, feeds = [], {}
     for mode in args.modes.split(","):
-        gpu_aug = GPUPretrainAugment(size=size).to(device)
+        gpu_aug = GPUPretrainAugment(size=size, photometric_dtype=args.aug_dtype).to(device)
         # eager by default, as the pretraining recipe runs it (only the model is compiled there)
         aug_fn = torch.compile(gpu_aug) if mode == "compile" and args.compile_aug else gpu_aug
-        feeds[mode] = measure_feeds(args, device, aug_fn, png, jpeg, decode_size)
+        feeds[mode] = measure_feeds(args, device, aug_fn, png, jpeg, size, decode_size)
         f = feeds[mode]
-        print(f"feeds alone ({'compiled' if aug_fn is not gpu_aug else 'eager'} augmentation, no model step): GPU aug of a device batch {f['aug']:.0f} img/s, "
+        print(f"feeds alone ({'compiled' if aug_fn is not gpu_aug else 'eager'} augmentation, no model step): GPU aug of a device batch {f['aug']:.0f} img/s "
+              f"(float32 colour ops, eager: {f['aug_float32']:.0f}), "
               f"(c) PNG workers + aug {f['png']:.0f} img/s, (c-jpeg) bytes + decode + aug {f['jpeg']:.0f} img/s", flush=True)
         for arch in args.archs.split(","):
             dim, depth = {"vit_tiny": (192, 12), "vit_small": (384, 12)}[arch]
@@ -323,7 +334,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "batch": args.batch, "workers": args.workers, "jpeg_workers": args.jpeg_workers,
-                       "prefetch": not args.no_prefetch, "rows": rows, "feeds": feeds}, fh, indent=2)
+                       "feed": args.feed, "aug_dtype": args.aug_dtype, "rows": rows, "feeds": feeds}, fh, indent=2)
     return 0
 
 

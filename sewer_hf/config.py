@@ -37,6 +37,10 @@ class RunConfig:
     # None = on when training on CUDA, false = PIL/torchvision in the CPU workers
     gpu_augment: Optional[bool] = None
     gpu_augment_dtype: str = "auto"  # its colour ops: auto = float16 on CUDA (half the memory traffic), else float32
+    # thread: the next batches are copied and augmented on the device in a background thread,
+    # overlapping the step; inline: in the loop; auto = thread with gpu_augment on CUDA and no
+    # gradient accumulation
+    device_feed: str = "auto"
     # --- model ----------------------------------------------------------------------------
     arch: str = "vit_tiny"  # vit_tiny (ViT-T/16) or vit_small (ViT-S/16)
     image_size: int = 224  # paper: 224
@@ -66,6 +70,11 @@ class RunConfig:
         _check_choice("arch", self.arch, ("vit_tiny", "vit_small", "vit_tiny_patch16_224", "vit_small_patch16_224"))
         _check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         _check_choice("gpu_augment_dtype", self.gpu_augment_dtype, ("auto", "float32", "float16"))
+        _check_choice("device_feed", self.device_feed, ("auto", "thread", "inline"))
+        if self.device_feed == "thread" and self.gradient_accumulation_steps > 1:
+            raise ConfigError(f"device_feed=thread with gradient_accumulation_steps={self.gradient_accumulation_steps}: "
+                              "the feed thread reads the loader ahead, which would end accelerate's accumulation "
+                              "early; use device_feed=inline (or auto)")
         _check_positive(self, "epochs", "batch_size", "image_size", "gradient_accumulation_steps",
                         "save_every_steps", "keep_last", "log_every")
         if self.image_size % 16:

@@ -1,5 +1,6 @@
 """Feeding the training device: encoded images decoded there in batches, and a prefetcher that
-prepares batch i+1 on a side CUDA stream while the training step works on batch i.
+prepares the next batches (in a background thread, on a side CUDA stream) while the training
+step works on the current one.
 
 Decoding PNG frames in DataLoader workers caps what a host feeds (SPEC §6). With JPEG inputs
 (``sewer-hf prepare --format jpeg``), workers only hand over the encoded bytes
@@ -9,8 +10,11 @@ and for other formats, images are decoded on the CPU in the main process.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import queue
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -143,48 +147,140 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
             yield from _tensors(value)
 
 
-class DevicePrefetcher:
-    """Iterate ``prepare(batch)`` over ``batches``, preparing one batch ahead on CUDA.
+FEED_MODES = ("thread", "stream", "inline")
 
-    On a CUDA device, ``prepare`` for batch i+1 (copy to the device, decode, augment) is
-    issued on a side stream before batch i is handed out, so the GPU works on it while the
-    training step of batch i runs on the current stream. A handed-out result is safe to use on
-    the current stream: that stream waits for the side stream's work so far, and each tensor is
-    marked as used there (``record_stream``) so that its memory is not reused too early. On
-    other devices it is a plain loop (nothing is prepared ahead).
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_DONE = object()
+
+
+class DevicePrefetcher:
+    """Iterate ``prepare(batch)`` over ``batches`` with the preparation (copy to the device,
+    decode, augment) ahead of the training step.
+
+    ``mode``:
+      ``thread`` (default): a background thread pulls the batches and prepares up to ``depth``
+          of them ahead, on CUDA on its own side stream. Everything the feed does on the host
+          (waiting for loader workers, nvjpeg's blocking batch call, the augmentation's host
+          syncs and kernel launches) then overlaps the step instead of adding to it: the main
+          thread only queues a wait on the batch's CUDA event. PyTorch ops release the GIL
+          while they run, so the two threads do interleave.
+      ``stream``: one batch ahead, issued on a side stream from the calling thread.
+      ``inline``: a plain loop.
+    On CUDA a handed-out result is safe to use on the current stream: that stream waits for its
+    preparation, and each tensor is marked as used there (``record_stream``) so that its memory
+    is not reused too early. Off CUDA, ``stream`` is a plain loop; ``thread`` still prepares
+    ahead (the order, errors and early exits behave the same on every device). An exception in
+    ``prepare`` or in the loader is raised again in the consuming thread; leaving the loop
+    early stops the thread.
     """
 
-    def __init__(self, batches: Iterable, prepare: Callable[[Any], Any], device: torch.device | str) -> None:
+    def __init__(self, batches: Iterable, prepare: Callable[[Any], Any], device: torch.device | str,
+                 mode: str = "thread", depth: int = 2) -> None:
+        if mode not in FEED_MODES:
+            raise ValueError(f"feed mode {mode!r}: expected one of {', '.join(FEED_MODES)}")
+        if depth < 1:
+            raise ValueError(f"depth={depth}: expected at least 1 batch ahead")
         self.batches, self.prepare, self.device = batches, prepare, torch.device(device)
+        self.mode, self.depth = mode, depth
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator:
-        if self.device.type != "cuda":
-            return (self.prepare(batch) for batch in self.batches)
-        return self._ahead(torch.cuda.Stream(device=self.device))
+        cuda = self.device.type == "cuda"
+        if self.mode == "thread":
+            return self._threaded(torch.cuda.Stream(device=self.device) if cuda else None)
+        if self.mode == "stream" and cuda:
+            return self._ahead(torch.cuda.Stream(device=self.device))
+        return (self.prepare(batch) for batch in self.batches)
 
+    # --- thread: prepared in the background ------------------------------------------------------
+    def _threaded(self, side: "torch.cuda.Stream | None") -> Iterator:
+        ready: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                if side is not None:
+                    torch.cuda.set_device(self.device)  # the current device is per thread
+                # The loader runs on the side stream too: a loader that copies its batches to the
+                # device (accelerate's) then queues the copy before the preparation that reads it.
+                with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                    for batch in self.batches:
+                        if stop.is_set():
+                            return
+                        prepared, done = self.prepare(batch), None
+                        if side is not None:
+                            done = torch.cuda.Event()
+                            done.record(side)
+                        if not put((prepared, done)):
+                            return
+            except BaseException as error:  # handed to the consumer, raised there
+                put(_Failure(error))
+            else:
+                put(_DONE)
+
+        worker = threading.Thread(target=work, name="sewer_hf-device-feed", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                prepared, done = item
+                if done is not None:
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(done)
+                    self._record(prepared, current)
+                yield prepared
+        finally:
+            stop.set()
+            while worker.is_alive():  # unblock a pending put, then let the thread see `stop`
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.05)
+
+    # --- stream: one ahead, from the calling thread --------------------------------------------
     def _ahead(self, side: torch.cuda.Stream) -> Iterator:
         batches = iter(self.batches)
-        try:
-            pending = self._issue(next(batches), side)
-        except StopIteration:
-            return
-        for batch in batches:
+        pending = self._issue(batches, side)
+        while pending is not _DONE:
             ready = self._hand_over(pending, side)  # before the next prepare joins the side stream
-            pending = self._issue(batch, side)
+            pending = self._issue(batches, side)
             yield ready
-        yield self._hand_over(pending, side)
 
-    def _issue(self, batch: Any, side: torch.cuda.Stream) -> Any:
+    def _issue(self, batches: Iterator, side: torch.cuda.Stream) -> Any:
+        """The next batch, fetched and prepared on the side stream (a loader's own copy to the
+        device is then queued before the preparation that reads it); _DONE at the end."""
         with torch.cuda.stream(side):
-            return self.prepare(batch)
+            batch = next(batches, _DONE)
+            return batch if batch is _DONE else self.prepare(batch)
 
     def _hand_over(self, prepared: Any, side: torch.cuda.Stream) -> Any:
         current = torch.cuda.current_stream(self.device)
         current.wait_stream(side)
+        self._record(prepared, current)
+        return prepared
+
+    @staticmethod
+    def _record(prepared: Any, stream: torch.cuda.Stream) -> None:
         for tensor in _tensors(prepared):
             if tensor.device.type == "cuda":
-                tensor.record_stream(current)
-        return prepared
+                tensor.record_stream(stream)

@@ -34,6 +34,8 @@ from sewer_hf.training import (
     check_finite,
     make_train_loader,
     mark_weight_decay_groups,
+    augmentation_note,
+    resolve_feed,
     resume_and_track,
     scaled_lr,
     set_lr_wd,
@@ -129,7 +131,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         transform = DecodeForGPU(cfg.image_size)
     else:
         transform, gpu_aug = finetune_transform(cfg.image_size), None
-    train_ds = SeededAugmentation(SewerTorchDataset(train_hf, transform), cfg.seed)
+    train_ds = SewerTorchDataset(train_hf, transform)
+    if gpu_aug is None:  # the workers draw the augmentation: seed each image (decoding alone draws nothing)
+        train_ds = SeededAugmentation(train_ds, cfg.seed)
     loader = make_train_loader(train_ds, cfg, collate_skip_bad)
     val_loader = torch.utils.data.DataLoader(
         SewerTorchDataset(val_hf, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
@@ -162,21 +166,19 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     total_steps = cfg.epochs * iters if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * iters)
 
     resume_and_track(accelerator, cfg, state, ckpt, log, "finetune")
+    feed = resolve_feed(cfg, accelerator.device, augmenting=gpu_aug is not None)
     mode = "linear probe" if cfg.linear_probe else ("fine-tune" if cfg.backbone else "supervised from scratch")
     accelerator.print(
         f"{mode} {cfg.arch}: {len(train_hf)}/{n_full} train images (fraction {cfg.fraction}), {len(val_hf)} val, "
         f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"augmentation on {'the device' if gpu_aug is not None else 'CPU workers'}")
+        f"augmentation {augmentation_note(gpu_aug, feed)}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc=mode)
     model.train()
     while state.step < total_steps and state.epoch < cfg.epochs:
-        for batch in state.epoch_batches(loader, train_ds, accelerator):
+        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed):
             it = state.step
-            pixels = batch["pixel_values"]
-            if gpu_aug is not None:
-                pixels = gpu_aug(pixels.to(accelerator.device, non_blocking=True),
-                                 generator=state.augment_generator(cfg.seed, accelerator))
+            pixels = batch["pixel_values"]  # augmented on the device already with gpu_augment
             set_lr_wd(optimizer, float(lr_sched[it]))
             with accelerator.accumulate(model):
                 with accelerator.autocast():

@@ -35,6 +35,8 @@ from sewer_hf.training import (
     check_finite,
     make_train_loader,
     mark_weight_decay_groups,
+    augmentation_note,
+    resolve_feed,
     resume_and_track,
     scaled_lr,
     set_lr_wd,
@@ -99,7 +101,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         gpu_aug = GPUPretrainAugment(**aug_kwargs, photometric_dtype=cfg.gpu_augment_dtype).to(accelerator.device)
     else:
         transform, gpu_aug = PretrainTransform(**aug_kwargs), None
-    train_ds = SeededAugmentation(SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid), cfg.seed)
+    train_ds = SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid)
+    if gpu_aug is None:  # the workers draw the views: seed each image (decoding alone draws nothing)
+        train_ds = SeededAugmentation(train_ds, cfg.seed)
     loader = make_train_loader(train_ds, cfg, collate_skip_bad)
     if len(loader) == 0:
         from sewer_hf.errors import ConfigError
@@ -154,22 +158,21 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if accelerator.is_main_process and cfg.rankme_samples > 0:
         probe = fixed_subset(load_split(data, cfg.val_split, labelled=False, required=False) or train_hf, cfg.rankme_samples, cfg.seed)
 
+    feed = resolve_feed(cfg, accelerator.device, augmenting=gpu_aug is not None)
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
         f"{global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"precision {cfg.mixed_precision}, augmentation on {'the device' if gpu_aug is not None else 'CPU workers'}")
+        f"precision {cfg.mixed_precision}, augmentation {augmentation_note(gpu_aug, feed)}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc="pretrain")
     student.train()
     while state.step < total_steps and state.epoch < cfg.epochs:
         epoch = state.epoch
-        for batch in state.epoch_batches(loader, train_ds, accelerator):
+        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed):
             it = state.step
-            if gpu_aug is not None:
-                gen = state.augment_generator(cfg.seed, accelerator)
-                views = gpu_aug(batch["pixel_values"].to(accelerator.device, non_blocking=True), generator=gen)
-            else:
-                views = [v.to(accelerator.device, non_blocking=True) for v in batch["pixel_values"]]
+            views = batch["pixel_values"]  # on the device already when augmented there
+            if gpu_aug is None:
+                views = [v.to(accelerator.device, non_blocking=True) for v in views]
             set_lr_wd(optimizer, float(lr_sched[it]), float(wd_sched[it]))
 
             with accelerator.accumulate(student):

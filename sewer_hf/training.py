@@ -64,16 +64,36 @@ class TrainState:
         for key, value in state.items():
             setattr(self, key, value)
 
-    def epoch_batches(self, loader, dataset, accelerator):
+    def epoch_batches(self, loader, dataset, accelerator, augment=None, seed: int = 0, feed: str = "inline"):
         """The batches of the current epoch: same shuffled order on every process count (seedable
         sampler + per-sample seeded augmentation) and, after a resume, the batches already
-        consumed in this epoch are skipped."""
+        consumed in this epoch are skipped.
+
+        ``augment(pixels, generator=...)``: the device-side augmentation; each batch's
+        "pixel_values" are moved to the device and replaced by its output, drawn from
+        ``augment_generator`` (keyed by seed, epoch, batch and process). ``feed="thread"``
+        prepares the next batches in a background thread (``DevicePrefetcher``); the counters
+        still advance only as batches are handed out, so a checkpoint never counts a batch that
+        was prepared but not trained."""
+        from sewer_hf.device_feed import DevicePrefetcher
+
         loader.set_epoch(self.epoch)
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.epoch)
-        batches = accelerator.skip_first_batches(loader, self.batches_in_epoch) if self.batches_in_epoch else loader
-        for batch in batches:
-            self.batches_in_epoch += 1
+        start, epoch = self.batches_in_epoch, self.epoch
+        batches = accelerator.skip_first_batches(loader, start) if start else loader
+
+        def prepare(numbered):
+            index, batch = numbered
+            if batch is None or augment is None:
+                return index, batch
+            pixels = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+            generator = augment_generator(seed, epoch, index, accelerator)
+            with torch.no_grad():  # grad mode is per thread: say it here too
+                return index, {**batch, "pixel_values": augment(pixels, generator=generator)}
+
+        for index, batch in DevicePrefetcher(enumerate(batches, start=start + 1), prepare, accelerator.device, mode=feed):
+            self.batches_in_epoch = index
             if batch is None:  # every image of this batch was unreadable
                 continue
             self.skipped_images += int(batch.get("n_skipped", 0))
@@ -83,12 +103,34 @@ class TrainState:
         self.epoch += 1
         self.batches_in_epoch = 0
 
-    def augment_generator(self, seed: int, accelerator) -> torch.Generator:
-        """A generator on the training device for the batch ``epoch_batches`` just handed out,
-        seeded by (seed, epoch, batch of the epoch, process): each micro-batch draws its own
-        device-side augmentation, and a resumed run draws the same ones."""
-        key = ((seed * 1_000_003 + self.epoch) * 1_000_003 + self.batches_in_epoch) * 1_009 + accelerator.process_index
-        return torch.Generator(device=accelerator.device).manual_seed(key % 2**63)
+
+
+def augment_generator(seed: int, epoch: int, batch: int, accelerator) -> torch.Generator:
+    """The generator of the device-side augmentation of batch ``batch`` (1-based) of ``epoch``:
+    keyed by (seed, epoch, batch, process), so each micro-batch draws its own views and a
+    resumed run draws the same ones."""
+    key = ((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_009 + accelerator.process_index
+    return torch.Generator(device=accelerator.device).manual_seed(key % 2**63)
+
+
+def resolve_feed(cfg: Any, device: torch.device, augmenting: bool) -> str:
+    """``device_feed`` auto: a background thread when the batches are augmented on a CUDA
+    device and every batch is its own optimizer step; in line otherwise. Accelerate learns
+    that an epoch ends from the loader (it syncs the last accumulation there), so with
+    gradient accumulation the loader must not be read ahead."""
+    if cfg.device_feed == "thread" and not augmenting:
+        raise ConfigError("device_feed=thread prepares batches for the device-side augmentation: it needs "
+                          "gpu_augment (on by default on CUDA); with CPU augmentation use device_feed=inline or auto")
+    if cfg.device_feed != "auto":  # thread with accumulation: refused by the config's validate()
+        return cfg.device_feed
+    return "thread" if augmenting and device.type == "cuda" and cfg.gradient_accumulation_steps == 1 else "inline"
+
+
+def augmentation_note(gpu_augment, feed: str) -> str:
+    """Where the augmentation runs, for the run's opening line."""
+    if gpu_augment is None:
+        return "in the CPU workers"
+    return "on the device" + (", the next batches prepared in a background thread" if feed == "thread" else "")
 
 
 class CheckpointManager:
@@ -297,7 +339,10 @@ class Throughput:
 class SeededAugmentation(torch.utils.data.Dataset):
     """Seeds the augmentation of item i from (seed, epoch, i): the views of an image do not depend
     on the number of processes or workers, so 1-process and N-process runs see the same batches
-    and a resumed run re-creates exactly the views it would have drawn."""
+    and a resumed run re-creates exactly the views it would have drawn. It seeds torch's global
+    generator (in a fork), so it is only for loaders read in the training thread or in worker
+    processes (the feed thread only serves the device-side augmentation, which needs no seeding
+    here)."""
 
     def __init__(self, dataset, seed: int) -> None:
         self.dataset, self.seed, self.epoch = dataset, seed, 0

@@ -1,8 +1,10 @@
-"""Encoded-image batches decoded on the device, and the one-ahead device prefetcher (CPU always;
+"""Encoded-image batches decoded on the device, and the device prefetcher (thread, side stream, in line; CPU always;
 CUDA too where present: nvjpeg decode and the side stream)."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -129,15 +131,23 @@ def test_encoded_batches_through_dataloader_workers():
 
 
 # ----------------------------------------------------------------------------- prefetching
+MODES = pytest.mark.parametrize("mode", ["thread", "stream", "inline"])
+
+
+def _feed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sewer_hf-device-feed"]
+
+
 @on_devices
-def test_prefetcher_yields_prepared_batches_in_order(device):
+@MODES
+def test_prefetcher_yields_prepared_batches_in_order(device, mode):
     batches = [torch.full((4, 3), float(i)) for i in range(5)]
 
     def prepare(batch):  # nested output: a tensor and a list, both on the device
         on_device = batch.to(device, non_blocking=True)
         return {"double": on_device * 2, "views": [on_device + 1, on_device.sum(dim=1)]}
 
-    prefetcher = DevicePrefetcher(batches, prepare, device)
+    prefetcher = DevicePrefetcher(batches, prepare, device, mode=mode)
     assert len(prefetcher) == 5
     outputs = list(prefetcher)
     assert len(outputs) == 5
@@ -145,24 +155,93 @@ def test_prefetcher_yields_prepared_batches_in_order(device):
         assert torch.equal(out["double"].cpu(), batches[i] * 2)
         assert torch.equal(out["views"][0].cpu(), batches[i] + 1)
         assert torch.equal(out["views"][1].cpu(), batches[i].sum(dim=1))
-    assert list(DevicePrefetcher([], prepare, device)) == []
-    assert len(list(DevicePrefetcher(batches[:1], prepare, device))) == 1
+    assert list(DevicePrefetcher([], prepare, device, mode=mode)) == []
+    assert len(list(DevicePrefetcher(batches[:1], prepare, device, mode=mode))) == 1
+    assert not _feed_threads()
 
 
-def test_prefetcher_on_cpu_prepares_lazily():
+@pytest.mark.parametrize("mode", ["stream", "inline"])
+def test_prefetcher_on_cpu_prepares_lazily_in_line(mode):
     prepared = []
 
     def prepare(batch):
         prepared.append(batch)
         return batch
 
-    iterator = iter(DevicePrefetcher(range(3), prepare, "cpu"))
+    iterator = iter(DevicePrefetcher(range(3), prepare, "cpu", mode=mode))
     assert prepared == []
-    assert next(iterator) == 0 and prepared == [0]  # nothing ahead on the CPU
+    assert next(iterator) == 0 and prepared == [0]  # nothing ahead in line on the CPU
+
+
+def test_threaded_feed_prepares_at_most_depth_ahead_and_stops_when_left():
+    prepared, calls = [], threading.Semaphore(0)
+
+    def prepare(batch):
+        prepared.append(batch)
+        calls.release()
+        return batch * 10
+
+    iterator = iter(DevicePrefetcher(range(100), prepare, "cpu", depth=2))
+    assert next(iterator) == 0
+    for _ in range(3):  # batches 1 and 2 wait in the queue, batch 3 waits to join it
+        assert calls.acquire(timeout=5)
+    time.sleep(0.2)
+    assert prepared == [0, 1, 2, 3]  # and no further: the queue is full
+    assert next(iterator) == 10
+    iterator.close()  # the loop was left: the thread stops instead of preparing the rest
+    assert not _feed_threads() and len(prepared) <= 6
+
+
+class _Broken(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("where", ["prepare", "loader"])
+def test_threaded_feed_raises_errors_in_the_consuming_thread(where):
+    def batches():
+        for i in range(5):
+            if where == "loader" and i == 2:
+                raise _Broken("loader broke at batch 2")
+            yield i
+
+    def prepare(batch):
+        if where == "prepare" and batch == 2:
+            raise _Broken("prepare broke at batch 2")
+        return batch
+
+    got = []
+    with pytest.raises(_Broken, match=f"{where} broke at batch 2"):
+        for out in DevicePrefetcher(batches(), prepare, "cpu"):
+            got.append(out)
+    assert got == [0, 1] and not _feed_threads()
+
+
+def test_unknown_feed_mode_is_an_error():
+    with pytest.raises(ValueError, match="thread, stream, inline"):
+        DevicePrefetcher([], lambda b: b, "cpu", mode="async")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_prefetcher_on_cuda_prepares_one_ahead_on_a_side_stream():
+def test_threaded_feed_on_cuda_prepares_on_its_own_stream():
+    main = torch.cuda.current_stream()
+    streams = []
+
+    def prepare(batch):
+        streams.append(torch.cuda.current_stream())
+        x = torch.full((512, 512), float(batch), device="cuda")
+        return (x @ x.T / 512).sqrt()  # some work on the feed's stream: the value is |batch|
+
+    big = torch.randn(2048, 2048, device="cuda")
+    checks = []
+    for out in DevicePrefetcher(range(6), prepare, "cuda", mode="thread"):
+        big = big @ big.T / 2048  # work on the main stream meanwhile
+        checks.append(round(float(out.mean()), 3))
+    assert checks == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] and torch.isfinite(big).all()
+    assert all(s != main for s in streams) and len({s.cuda_stream for s in streams}) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stream_feed_on_cuda_prepares_one_ahead_on_a_side_stream():
     main = torch.cuda.current_stream()
     streams = []
 
@@ -170,7 +249,7 @@ def test_prefetcher_on_cuda_prepares_one_ahead_on_a_side_stream():
         streams.append(torch.cuda.current_stream())
         return torch.full((256, 256), float(batch), device="cuda")
 
-    iterator = iter(DevicePrefetcher(range(4), prepare, "cuda"))
+    iterator = iter(DevicePrefetcher(range(4), prepare, "cuda", mode="stream"))
     first = next(iterator)
     assert len(streams) == 2 and all(s != main for s in streams)  # batch 1 already issued
     big = torch.randn(2048, 2048, device="cuda")
@@ -179,3 +258,24 @@ def test_prefetcher_on_cuda_prepares_one_ahead_on_a_side_stream():
         big = big @ big.T / 2048  # work on the main stream while the next batch is prepared
         checks.append(float(out.mean()))
     assert checks == [0.0, 1.0, 2.0, 3.0] and torch.isfinite(big).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["thread", "stream"])
+def test_feed_waits_for_a_loader_that_copies_its_batches_to_the_device(mode):
+    """accelerate's prepared loaders copy each batch to the device themselves (non_blocking,
+    from pinned memory): the preparation must see the copied values, not the buffer before."""
+    main = torch.cuda.current_stream()
+
+    def loader():
+        for i in range(8):
+            yield torch.full((4096, 4096), float(i)).pin_memory().to("cuda", non_blocking=True)
+
+    big = torch.randn(4096, 4096, device="cuda")
+    got = []
+    for out in DevicePrefetcher(loader(), lambda x: x * 2, "cuda", mode=mode):
+        for _ in range(4):
+            big = big @ big.T / 4096  # keep the main stream busy
+        got.append((float(out.min()), float(out.max())))
+    assert got == [(2.0 * i, 2.0 * i) for i in range(8)] and torch.isfinite(big).all()
+    assert torch.cuda.current_stream() == main

@@ -137,12 +137,13 @@ def test_prior_logits_minimise_the_weighted_loss_among_constants():
 def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_path, capsys):
     """gpu_augment (forced on, here on the CPU, with float16 colour ops): workers only decode;
     the batched fine-tuning augmentation draws from a generator keyed by epoch and batch, so a
-    resumed run matches."""
+    resumed run matches, and so does one whose batches were prepared ahead in the feed thread."""
     common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, gpu_augment=True, gpu_augment_dtype="float16")
-    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full")))
-    assert "augmentation on the device" in capsys.readouterr().out
-    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4))
-    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest"))
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full"), device_feed="thread"))
+    assert "augmentation on the device, the next batches prepared in a background thread" in capsys.readouterr().out
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4, device_feed="inline"))
+    assert "augmentation on the device\n" in capsys.readouterr().out
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest", device_feed="thread"))
     a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000006" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoints" / "step_00000006" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
@@ -150,18 +151,26 @@ def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_pa
     assert sum("loss" in r for r in lines) == 6 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
 
 
-def test_augment_generator_differs_per_batch_and_repeats_on_resume():
+def test_augment_generator_differs_per_batch_and_process():
     from types import SimpleNamespace
 
-    from sewer_hf.training import TrainState
+    from sewer_hf.training import augment_generator
 
-    accelerator = SimpleNamespace(device=torch.device("cpu"), process_index=0)
-    state = TrainState()
-    draws = []
-    for epoch, batch in [(0, 1), (0, 2), (1, 1), (0, 1)]:
-        state.epoch, state.batches_in_epoch = epoch, batch
-        draws.append(torch.rand(4, generator=state.augment_generator(7, accelerator)))
+    rank0 = SimpleNamespace(device=torch.device("cpu"), process_index=0)
+    rank1 = SimpleNamespace(device=torch.device("cpu"), process_index=1)
+    draws = [torch.rand(4, generator=augment_generator(7, epoch, batch, rank0)) for epoch, batch in [(0, 1), (0, 2), (1, 1), (0, 1)]]
     assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
     assert torch.equal(draws[0], draws[3])  # same (epoch, batch): same draws, as after a resume
-    other_rank = SimpleNamespace(device=torch.device("cpu"), process_index=1)
-    assert not torch.equal(draws[3], torch.rand(4, generator=state.augment_generator(7, other_rank)))
+    assert not torch.equal(draws[0], torch.rand(4, generator=augment_generator(7, 0, 1, rank1)))
+
+
+def test_feed_thread_needs_device_augmentation_and_no_accumulation(tiny_data, tmp_path):
+    from sewer_hf.errors import ConfigError
+
+    cfg = FinetuneConfig(**{**TINY, "gradient_accumulation_steps": 2}, data=tiny_data, output_dir=str(tmp_path / "x"),
+                         gpu_augment=True, device_feed="thread")
+    with pytest.raises(ConfigError, match="device_feed=thread with gradient_accumulation_steps=2"):
+        finetune(cfg)
+    cfg = FinetuneConfig(**TINY, data=tiny_data, output_dir=str(tmp_path / "y"), gpu_augment=False, device_feed="thread")
+    with pytest.raises(ConfigError, match="device_feed=thread .* needs gpu_augment"):
+        finetune(cfg)

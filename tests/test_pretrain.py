@@ -126,11 +126,16 @@ def test_two_processes_match_one_process(tiny_data, tmp_path):
 
 
 def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
-    """The GPU path (workers decode to uint8, views drawn batched) runs on any device."""
-    result = run(tiny_data, tmp_path / "gpuaug", epochs=1, gpu_augment=True, decode_size=48, knn_eval=False,
-                 rankme_samples=0)
+    """The GPU path (workers decode to uint8, views drawn batched) runs on any device, and the
+    feed thread (batches augmented ahead, in the background) trains exactly the same steps."""
+    common = dict(epochs=1, gpu_augment=True, decode_size=48, knn_eval=False, rankme_samples=0, save_every_steps=5)
+    result = run(tiny_data, tmp_path / "gpuaug", device_feed="inline", **common)
     lines = [json.loads(l) for l in (tmp_path / "gpuaug" / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == 5 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
+    run(tiny_data, tmp_path / "thread", device_feed="thread", **common)
+    inline = load_file(str(tmp_path / "gpuaug" / "checkpoints" / "step_00000005" / "model.safetensors"))
+    thread = load_file(str(tmp_path / "thread" / "checkpoints" / "step_00000005" / "model.safetensors"))
+    assert all(torch.equal(inline[k], thread[k]) for k in inline)
 
 
 def test_hybrid_mode_adds_the_weighted_bce_and_logs_to_tensorboard(tiny_data, tmp_path):
