@@ -31,16 +31,18 @@ from sewer_hf.training import (
     Progress,
     SeededAugmentation,
     TrainState,
+    augmentation_note,
     check_finite,
+    device_augment,
     make_train_loader,
     mark_weight_decay_groups,
-    augmentation_note,
     resolve_feed,
     resume_and_track,
     scaled_lr,
     set_lr_wd,
     start_run,
     steps_per_epoch,
+    wants_gpu_augment,
 )
 
 logger = logging.getLogger(__name__)
@@ -125,9 +127,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.fraction < 1.0:
         chosen = stratified_fraction(np.asarray(train_hf["labels"]), cfg.fraction, seed=cfg.seed)
         train_hf = train_hf.select(chosen)
-    use_gpu_aug = cfg.gpu_augment if cfg.gpu_augment is not None else accelerator.device.type == "cuda"
-    if use_gpu_aug:  # workers decode and resize (the reference's first step); the rest is batched on the device
-        gpu_aug = GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=cfg.gpu_augment_dtype).to(accelerator.device)
+    if wants_gpu_augment(cfg, accelerator.device):  # workers decode and resize (the reference's first step)
+        module = GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=cfg.gpu_augment_dtype)
+        gpu_aug = device_augment(module.to(accelerator.device), cfg)
         transform = DecodeForGPU(cfg.image_size)
     else:
         transform, gpu_aug = finetune_transform(cfg.image_size), None

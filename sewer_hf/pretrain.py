@@ -32,16 +32,18 @@ from sewer_hf.training import (
     Progress,
     SeededAugmentation,
     TrainState,
+    augmentation_note,
     check_finite,
+    device_augment,
     make_train_loader,
     mark_weight_decay_groups,
-    augmentation_note,
     resolve_feed,
     resume_and_track,
     scaled_lr,
     set_lr_wd,
     start_run,
     steps_per_epoch,
+    wants_gpu_augment,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,10 +97,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
     aug_kwargs = dict(size=cfg.image_size, scale=cfg.global_crop_scale, n_local_crops=cfg.n_local_crops,
                       local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
-    use_gpu_aug = cfg.gpu_augment if cfg.gpu_augment is not None else accelerator.device.type == "cuda"
-    if use_gpu_aug:  # workers only decode; the random views are drawn batched on the device
+    if wants_gpu_augment(cfg, accelerator.device):  # workers only decode; the views are drawn batched on the device
         transform = DecodeForGPU(cfg.decode_size)
-        gpu_aug = GPUPretrainAugment(**aug_kwargs, photometric_dtype=cfg.gpu_augment_dtype).to(accelerator.device)
+        module = GPUPretrainAugment(**aug_kwargs, photometric_dtype=cfg.gpu_augment_dtype)
+        gpu_aug = device_augment(module.to(accelerator.device), cfg)
     else:
         transform, gpu_aug = PretrainTransform(**aug_kwargs), None
     train_ds = SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid)

@@ -113,6 +113,18 @@ def augment_generator(seed: int, epoch: int, batch: int, accelerator) -> torch.G
     return torch.Generator(device=accelerator.device).manual_seed(key % 2**63)
 
 
+def wants_gpu_augment(cfg: Any, device: torch.device) -> bool:
+    """``gpu_augment``, where None means: on when training on CUDA."""
+    return cfg.gpu_augment if cfg.gpu_augment is not None else device.type == "cuda"
+
+
+def device_augment(module: torch.nn.Module, cfg: Any):
+    """The device-side augmentation as the loop calls it: compiled with ``compile_augment``
+    (inductor fuses the colour ops into few kernels; every op then runs on the whole batch
+    with ``torch.where``, with static shapes and no host syncs)."""
+    return torch.compile(module) if cfg.compile_augment else module
+
+
 def resolve_feed(cfg: Any, device: torch.device, augmenting: bool) -> str:
     """``device_feed`` auto: a background thread when the batches are augmented on a CUDA
     device and every batch is its own optimizer step; in line otherwise. Accelerate learns

@@ -138,6 +138,15 @@ def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
     assert all(torch.equal(inline[k], thread[k]) for k in inline)
 
 
+def test_compiled_device_augmentation_trains_in_the_feed_thread(tiny_data, tmp_path):
+    """compile_augment: the augmentation is torch.compiled (inductor, on the CPU here) and
+    called from the feed thread."""
+    result = run(tiny_data, tmp_path / "compiled", epochs=1, gpu_augment=True, compile_augment=True, device_feed="thread",
+                 decode_size=48, knn_eval=False, rankme_samples=0)
+    lines = [json.loads(l) for l in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == 5 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
+
+
 def test_hybrid_mode_adds_the_weighted_bce_and_logs_to_tensorboard(tiny_data, tmp_path):
     run(tiny_data, tmp_path / "hybrid", epochs=1, hybrid=True, hybrid_weight=0.5, knn_eval=False,
         rankme_samples=0, report_to="tensorboard")
