@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from sewer_hf.augment import PretrainTransform, finetune_transform
-    from sewer_hf.gpu_augment import GPUFinetuneAugment, GPUPretrainAugment
+    from sewer_hf.gpu_augment import GPUFinetuneAugment, GPUPretrainAugment, compile_augment
 
     args = _parse(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         else:
             reference, module, views = finetune_transform(), GPUFinetuneAugment(), 1
         module = module.to(device)
-        runner = torch.compile(module) if args.compile else module
+        runner = compile_augment(module) if args.compile else module
         with torch.inference_mode():
             ref_rate = _time_reference(reference, image, seconds, min_images)
             batched_rate = _time_batched(runner, batch, iterations, sync)

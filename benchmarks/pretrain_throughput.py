@@ -47,7 +47,7 @@ from sewer_hf.device_feed import (
     FEED_MODES, DevicePrefetcher, collate_encoded, decode_batch, encoded_tensor, nvjpeg_supported, split_encoded,
 )
 from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, ema_update, param_groups
-from sewer_hf.gpu_augment import GPUPretrainAugment, resolve_photometric_dtype
+from sewer_hf.gpu_augment import GPUPretrainAugment, compile_augment, resolve_photometric_dtype
 from sewer_hf.model import build_student_teacher
 from sewer_hf.prepare import JPEG_QUALITY
 
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
     for mode in args.modes.split(","):
         gpu_aug = GPUPretrainAugment(size=size, photometric_dtype=args.aug_dtype).to(device)
         # eager by default, as the pretraining recipe runs it (only the model is compiled there)
-        aug_fn = torch.compile(gpu_aug) if mode == "compile" and args.compile_aug else gpu_aug
+        aug_fn = compile_augment(gpu_aug) if mode == "compile" and args.compile_aug else gpu_aug
         feeds[mode] = measure_feeds(args, device, aug_fn, png, jpeg, size, decode_size)
         f = feeds[mode]
         print(f"feeds alone ({'compiled' if aug_fn is not gpu_aug else 'eager'} augmentation, no model step): GPU aug of a device batch {f['aug']:.0f} img/s "

@@ -386,6 +386,15 @@ def random_erase(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, mas
 
 
 # ----------------------------------------------------------------------------- modules
+def compile_augment(module: nn.Module):
+    """``torch.compile`` for a batched augmentation module: inductor fuses the colour ops into
+    few kernels (every op runs on the whole batch, ``torch.where`` keeps it where it applies).
+    Static shapes: a training run's batch never changes shape, and a dynamic-shape trace of
+    this module is deep enough to hit Python's recursion limit."""
+    return torch.compile(module, dynamic=False)
+
+
+
 def _as_float_batch(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__

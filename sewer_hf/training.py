@@ -104,7 +104,6 @@ class TrainState:
         self.batches_in_epoch = 0
 
 
-
 def augment_generator(seed: int, epoch: int, batch: int, accelerator) -> torch.Generator:
     """The generator of the device-side augmentation of batch ``batch`` (1-based) of ``epoch``:
     keyed by (seed, epoch, batch, process), so each micro-batch draws its own views and a
@@ -119,10 +118,10 @@ def wants_gpu_augment(cfg: Any, device: torch.device) -> bool:
 
 
 def device_augment(module: torch.nn.Module, cfg: Any):
-    """The device-side augmentation as the loop calls it: compiled with ``compile_augment``
-    (inductor fuses the colour ops into few kernels; every op then runs on the whole batch
-    with ``torch.where``, with static shapes and no host syncs)."""
-    return torch.compile(module) if cfg.compile_augment else module
+    """The device-side augmentation as the loop calls it: compiled with ``compile_augment``."""
+    from sewer_hf.gpu_augment import compile_augment
+
+    return compile_augment(module) if cfg.compile_augment else module
 
 
 def resolve_feed(cfg: Any, device: torch.device, augmenting: bool) -> str:

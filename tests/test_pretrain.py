@@ -95,11 +95,11 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir()) == ["step_00000002"]
 
 
-def _launch(tiny_data, out, nproc, batch_size):
+def _launch(tiny_data, out, nproc, batch_size, *extra):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     args = [f"--data={tiny_data}", f"--output_dir={out}", "--epochs=1", "--max_steps=3", "--drop_path_rate=0",
             "--knn_eval=false", "--rankme_samples=0", "--save_rank_states=true", f"--batch_size={batch_size}"]
-    args += [f"--{k}={v}" for k, v in TINY.items() if k != "batch_size"]
+    args += [f"--{k}={v}" for k, v in TINY.items() if k != "batch_size"] + list(extra)
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     if nproc > 1:
         launch += ["--multi_gpu", "--num_processes", str(nproc)]
@@ -109,6 +109,7 @@ def _launch(tiny_data, out, nproc, batch_size):
                str(ROOT / "recipes" / "pretrain_dino.py")]
     proc = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
 
 
 @pytest.mark.slow
@@ -141,6 +142,7 @@ def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
 def test_compiled_device_augmentation_trains_in_the_feed_thread(tiny_data, tmp_path):
     """compile_augment: the augmentation is torch.compiled (inductor, on the CPU here) and
     called from the feed thread."""
+    torch._dynamo.reset()  # no graphs left from other tests' shapes
     result = run(tiny_data, tmp_path / "compiled", epochs=1, gpu_augment=True, compile_augment=True, device_feed="thread",
                  decode_size=48, knn_eval=False, rankme_samples=0)
     lines = [json.loads(l) for l in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
@@ -170,3 +172,15 @@ def test_collapse_warning():
     assert collapse_warning(math.log(64) * 0.99, 20.0, 64) is not None  # uniform teacher
     assert collapse_warning(1.0, 1.1, 64) is not None  # one dimension left
     assert collapse_warning(1.0, 20.0, 64) is None
+
+
+@pytest.mark.slow
+def test_two_processes_with_the_feed_thread_stay_in_step(tiny_data, tmp_path):
+    """Device-side augmentation fed by the background thread on 2 processes (gloo here): the
+    loader is read in the thread (accelerate syncs its RNG when it starts) while the training
+    thread all-reduces; the run completes and both ranks hold the same teacher."""
+    out = _launch(tiny_data, tmp_path / "two", 2, 4, "--gpu_augment=true", "--device_feed=thread", "--decode_size=48")
+    assert "next batches prepared in a background thread" in out
+    r0 = load_file(str(tmp_path / "two" / "rank_states" / "rank0.safetensors"))
+    r1 = load_file(str(tmp_path / "two" / "rank_states" / "rank1.safetensors"))
+    assert all(torch.equal(r0[key], r1[key]) for key in r0)
