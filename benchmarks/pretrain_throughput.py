@@ -12,7 +12,8 @@ measures images/s of
            decodes each batch on the GPU (nvjpeg; on the CPU elsewhere), then augments it there,
 and prints (b), (c) and (c-jpeg) as ratios to (a) from the same run, the model FLOP utilisation
 (MFU) of (a) against the card's dense bf16 peak, and the rates of the feeds alone (loader +
-decode + augmentation, no model step), which say whether the feed or the step limits a row.
+decode + augmentation, no model step), which say whether the feed or the step limits a row;
+among them, JPEG frames decoded by the workers, as the recipes read `--format jpeg` shards.
 Inputs are prepared-size (256 px) synthetic frames held in memory, PNG and JPEG (quality 95),
 as `sewer-hf prepare --format png|jpeg` writes them. The device-side preparation (copy, decode,
 augmentation) of the next batches runs in a background thread on its own CUDA stream while the
@@ -241,13 +242,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def prepare_decoded(aug_fn, device):
+    """Device-side preparation of a batch the workers decoded: copy, then augment."""
+    return lambda batch: aug_fn(batch.to(device, non_blocking=True))
+
+
 def gpu_feeds(args, device, aug_fn, png, jpeg, decode_size: int) -> dict[str, tuple]:
     """(loader, prepare, workers) of the two device-side feeds: (c) PNG decoded by the workers,
     (c-jpeg) JPEG bytes decoded on the device; ``prepare`` ends with the GPU augmentation."""
     png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), args.batch, args.workers, collate_views, device)
     jpeg_loader = make_loader(EncodedFrames(jpeg), args.batch, args.jpeg_workers, collate_encoded, device)
     return {
-        "png": (png_loader, lambda b: aug_fn(b.to(device, non_blocking=True)), args.workers),
+        "png": (png_loader, prepare_decoded(aug_fn, device), args.workers),
         "jpeg": (jpeg_loader, lambda b: aug_fn(decode_batch(split_encoded(b), device, size=decode_size)),
                  args.jpeg_workers),
     }
@@ -263,6 +269,10 @@ def measure_feeds(args, device, aug_fn, png, jpeg, size: int, decode_size: int) 
     feeds["aug_float32"] = rate(lambda: float32_aug(images), batch, device, 1, args.warmup, args.seconds)
     for name, (loader, prepare, workers) in gpu_feeds(args, device, aug_fn, png, jpeg, decode_size).items():
         feeds[name] = loader_rate(loader, prepare, lambda views: None, args, device, batch, workers)
+    # JPEG shards decoded by the workers (PIL), as the recipes read them: is nvjpeg needed at all?
+    jpeg_in_workers = make_loader(Frames(jpeg, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
+    feeds["jpeg_workers"] = loader_rate(jpeg_in_workers, prepare_decoded(aug_fn, device), lambda views: None,
+                                        args, device, batch, args.workers)
     return feeds
 
 
@@ -311,7 +321,8 @@ def main(argv=None) -> int:
         f = feeds[mode]
         print(f"feeds alone ({'compiled' if aug_fn is not gpu_aug else 'eager'} augmentation, no model step): GPU aug of a device batch {f['aug']:.0f} img/s "
               f"(float32 colour ops, eager: {f['aug_float32']:.0f}), "
-              f"(c) PNG workers + aug {f['png']:.0f} img/s, (c-jpeg) bytes + decode + aug {f['jpeg']:.0f} img/s", flush=True)
+              f"(c) PNG workers + aug {f['png']:.0f} img/s, (c-jpeg) bytes + decode + aug {f['jpeg']:.0f} img/s, "
+              f"JPEG decoded by the workers + aug {f['jpeg_workers']:.0f} img/s", flush=True)
         for arch in args.archs.split(","):
             dim, depth = {"vit_tiny": (192, 12), "vit_small": (384, 12)}[arch]
             row = measure_arch(args, device, arch, mode, aug_fn, png, jpeg, size, out_dim, decode_size)
