@@ -6,9 +6,14 @@ own random parameters, drawn as tensors, and each operation is one vectorised to
 the batch: crops, flips and rotations are one ``affine_grid``/``grid_sample`` each, per-sample
 blur is a grouped convolution, equalize/autocontrast use per-image histograms / extrema. There
 is no per-sample Python loop. An op that acts on a random part of the batch (blur, equalize,
-autocontrast, the hue step of the jitter) runs, eager, only on those samples: they are gathered,
-at the price of one host-device sync per op. Under torch.compile shapes stay static and there is
-no sync: the op runs on the whole batch and ``torch.where`` keeps it where it applies.
+autocontrast, grayscale, solarize, the hue step of the jitter) runs, eager, only on those
+samples: they are gathered, at the price of one host-device sync per op. Under torch.compile
+(``compile_augment``) shapes stay static and there is no sync: the op runs on the whole batch
+and ``torch.where`` keeps it where it applies; crops, blur and equalize stay eager there.
+
+Each module draws all its random parameters first (``draw``: small tensors, from the
+generator) and then does the pixel work (``apply``: no randomness), so the pixel work can be
+compiled as whole graphs and the parameters of a batch can be inspected.
 
 Both modules read the same config dataclasses as the CPU transforms (one source of the paper's
 values). Pass a ``torch.Generator`` on the batch's device for reproducible draws.
@@ -20,6 +25,7 @@ with values rounded to the 256 uint8 levels before equalize/solarize, whose mean
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Sequence
 
@@ -31,6 +37,7 @@ from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, with_override
 from sewer_hf.errors import ConfigError, DataError
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
+HUE_PROFILES = ((3.0, 2.0, 4.0), (1.0, -1.0, -1.0), (-1.0, 2.0, 2.0))  # per channel: centre, slope, offset
 CROP_TRIES = 10  # torchvision's RandomResizedCrop / RandomErasing redraw up to 10 times
 
 
@@ -151,6 +158,13 @@ def _on_samples(x: Tensor, mask: Tensor, fn, index: Tensor | None = None, inplac
 
 
 # ----------------------------------------------------------------------------- geometry
+@torch.compiler.disable
+def _grid_sample(x: Tensor, grid: Tensor, mode: str, padding_mode: str) -> Tensor:
+    """The native grid_sample kernel, also under torch.compile: inductor's decomposition of the
+    bicubic mode ran 12x slower (CPU, torch 2.14)."""
+    return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
 def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, flip: Tensor, size: int, mode="bicubic") -> Tensor:
     """Per-sample crop (pixel boxes) + optional horizontal flip + resize to (size, size), in one
     ``grid_sample``. With align_corners=False, output pixel centres land on the crop's grid."""
@@ -162,7 +176,7 @@ def resized_crop(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, fli
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0.0, 1.0)
+    return _grid_sample(x, grid, mode=mode, padding_mode="border").clamp_(0.0, 1.0)
 
 
 def rotate(x: Tensor, degrees: Tensor, mode: str = "bilinear", fill: float = 0.0) -> Tensor:
@@ -178,7 +192,7 @@ def rotate(x: Tensor, degrees: Tensor, mode: str = "bilinear", fill: float = 0.0
     theta[:, 1, 0] = sin * width / height
     theta[:, 1, 1] = cos
     grid = F.affine_grid(theta, [b, c, height, width], align_corners=False)
-    out = F.grid_sample(x - fill, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    out = _grid_sample(x - fill, grid, mode=mode, padding_mode="zeros")
     return out.add_(fill)
 
 
@@ -230,14 +244,13 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     # the green one, (r - g) / spread + 4 in the blue one; the shift is added before one wrap.
     red_max, green_max = maxc == r, maxc == g
     numerator = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
-    sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0)) + 6.0 * shift.to(x.dtype).view(-1, 1, 1)
+    sector = torch.where(red_max, 0.0, torch.where(green_max, 2.0, 4.0)).to(x.dtype) + 6.0 * shift.to(x.dtype).view(-1, 1, 1)
     hue6 = torch.addcmul(sector, numerator, inverse).remainder_(6.0)
-    out = torch.empty_like(x)
-    red, green, blue = out.unbind(dim=1)
-    torch.sub(hue6, 3.0, out=red).abs_().sub_(1.0).clamp_(0.0, 1.0)
-    torch.sub(hue6, 2.0, out=green).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
-    torch.sub(hue6, 4.0, out=blue).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
-    return out.mul_(spread.unsqueeze(1)).add_(minc.unsqueeze(1))
+    # the HSV profiles, all three channels in one pass: red |h - 3| - 1, green 2 - |h - 2|,
+    # blue 2 - |h - 4|, each clamped to [0, 1]
+    centre, slope, offset = (x.new_tensor(v).view(1, 3, 1, 1) for v in HUE_PROFILES)
+    profile = torch.addcmul(offset, (hue6.unsqueeze(1) - centre).abs_(), slope).clamp_(0.0, 1.0)
+    return profile.mul_(spread.unsqueeze(1)).add_(minc.unsqueeze(1))
 
 
 def _hue_positions(order: Tensor, apply: Tensor) -> Tensor:
@@ -269,27 +282,35 @@ def _blend_step(x: Tensor, op: Tensor, factors: Sequence[Tensor], need_grey: boo
     return torch.addcmul(other, _per_sample(f), x).clamp_(0.0, 1.0)
 
 
-def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None) -> Tensor:
-    """torchvision's ColorJitter inside RandomApply(p), with per-sample factors and a
-    per-sample random order of the four adjustments.
-
-    Each sample gets each adjustment once: per position, one blend pass serves the three
-    blend ops (``_blend_step``), and hue runs only on the samples whose hue sits at that
-    position (eager: those samples are gathered, one host sync for all four positions)."""
-    n, device = x.shape[0], x.device
+def draw_color_jitter(n: int, strengths: Sequence[float], p: float, generator=None, device=None) -> dict[str, Tensor]:
+    """The random parameters of ``color_jitter`` for ``n`` samples: whether it applies, the
+    brightness/contrast/saturation factors (1 where it does not), the hue shift (0 there) and
+    each sample's random order of the four adjustments."""
     bright, contrast, saturation, hue = strengths
     apply = _coin(n, p, generator, device)
 
     def factor(strength: float) -> Tensor:
         drawn = _uniform(n, max(0.0, 1.0 - strength), 1.0 + strength, generator, device)
-        return torch.where(apply, drawn, torch.ones_like(drawn)).to(x.dtype)
+        return torch.where(apply, drawn, torch.ones_like(drawn))
 
-    factors = (factor(bright), factor(contrast), factor(saturation))
+    factors = torch.stack((factor(bright), factor(contrast), factor(saturation)))
     drawn_hue = _uniform(n, -hue, hue, generator, device)
     shift = torch.where(apply, drawn_hue, torch.zeros_like(drawn_hue))
     order = torch.rand(n, 4, generator=generator, device=device).argsort(dim=1)
+    return {"apply": apply, "factors": factors, "shift": shift, "order": order}
+
+
+def apply_color_jitter(x: Tensor, params: dict[str, Tensor], strengths: Sequence[float]) -> Tensor:
+    """``color_jitter`` with drawn parameters (``draw_color_jitter``); no randomness here.
+
+    Each sample gets each adjustment once: per position, one blend pass serves the three
+    blend ops (``_blend_step``), and hue runs only on the samples whose hue sits at that
+    position (eager: those samples are gathered, one host sync for all four positions)."""
+    bright, contrast, saturation, hue = strengths
+    factors = tuple(params["factors"].to(x.dtype).unbind(0))
+    shift, order = params["shift"], params["order"]
     any_blend, need_grey = max(bright, contrast, saturation) > 0, max(contrast, saturation) > 0
-    hue_at = _hue_positions(order, apply) if hue > 0 else None
+    hue_at = _hue_positions(order, params["apply"]) if hue > 0 else None
     groups = _groups(hue_at, 4) if hue_at is not None and not _compiling() else [None] * 4
 
     def rotate_hue(part: Tensor, index: Tensor | None) -> Tensor:
@@ -301,6 +322,12 @@ def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None
         if hue_at is not None:
             x = _on_samples(x, hue_at == position, rotate_hue, index=groups[position], inplace=any_blend)
     return x
+
+
+def color_jitter(x: Tensor, strengths: Sequence[float], p: float, generator=None) -> Tensor:
+    """torchvision's ColorJitter inside RandomApply(p), with per-sample factors and a
+    per-sample random order of the four adjustments."""
+    return apply_color_jitter(x, draw_color_jitter(x.shape[0], strengths, p, generator, x.device), strengths)
 
 
 def random_grayscale(x: Tensor, mask: Tensor, inplace: bool = False) -> Tensor:
@@ -327,6 +354,7 @@ def _blur_all(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     return out.view(b, c, height, width).clamp_(0.0, 1.0)
 
 
+@torch.compiler.disable  # eager under torch.compile too: only the selected samples are convolved
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor | None = None) -> Tensor:
     """Separable Gaussian blur with a per-sample sigma (reflect padding, like torchvision), as
     two grouped convolutions. Samples outside ``mask`` stay unchanged (eager: not convolved)."""
@@ -350,6 +378,7 @@ def _equalize_all(x: Tensor) -> Tensor:
     return tv_equalize(levels).to(x.dtype).div_(255.0)
 
 
+@torch.compiler.disable  # eager under torch.compile too: only the selected samples get histograms
 def equalize(x: Tensor, mask: Tensor) -> Tensor:
     """PIL/torchvision histogram equalisation per image and channel (x holds uint8 levels)."""
     return _on_samples(x, mask, lambda part, index: _equalize_all(part))
@@ -386,19 +415,26 @@ def random_erase(x: Tensor, top: Tensor, left: Tensor, h: Tensor, w: Tensor, mas
 
 
 # ----------------------------------------------------------------------------- modules
-def compile_augment(module: nn.Module):
-    """``torch.compile`` for a batched augmentation module: inductor fuses the colour ops into
-    few kernels (every op runs on the whole batch, ``torch.where`` keeps it where it applies).
-    Static shapes: a training run's batch never changes shape, and a dynamic-shape trace of
-    this module is deep enough to hit Python's recursion limit."""
-    return torch.compile(module, dynamic=False)
+def compile_augment(module: nn.Module) -> nn.Module:
+    """A copy of a batched augmentation module whose pixel work (``apply``) is
+    ``torch.compile``d: inductor fuses the colour ops into few kernels (every op runs on the
+    whole batch, ``torch.where`` keeps it where it applies). The random draws stay eager, ahead
+    of it: a ``torch.Generator`` argument would break the graph at every draw. Static shapes:
+    a training run's batch never changes shape, and a dynamic-shape trace of this module is
+    deep enough to hit Python's recursion limit."""
+    compiled = copy.copy(module)
+    compiled._apply_fn = torch.compile(module.apply, dynamic=False)
+    return compiled
 
 
-
-def _as_float_batch(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+def _check_batch(images: Tensor) -> None:
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
         raise DataError(f"augment batch is {got}: expected a uint8 tensor (B, 3, H, W)")
+
+
+def _as_float_batch(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    _check_batch(images)
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     return images.to(dtype).div_(255.0)
@@ -472,46 +508,76 @@ class GPUPretrainAugment(nn.Module):
         resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
         self.photometric_dtype = photometric_dtype
         self.normalize = _Normalize(self.config.mean, self.config.std)
+        self._apply_fn = self.apply  # compile_augment swaps in a compiled one
 
     def _needed_short_side(self) -> float:
         cfg = self.config
         kinds = [(cfg.size, cfg.scale[0])] + ([(cfg.local_size, cfg.local_scale[0])] if cfg.n_local_crops else [])
         return max(size / math.sqrt(max(low, 1e-6)) for size, low in kinds)
 
-    def _prescale(self, x: Tensor) -> Tensor:
-        height, width = x.shape[-2:]
+    def _prescaled_size(self, height: int, width: int) -> tuple[int, int]:
         needed = self._needed_short_side()
         if not self.antialias_prescale or min(height, width) <= needed:
-            return x
+            return height, width
         factor = needed / min(height, width)
-        target = (max(1, round(height * factor)), max(1, round(width * factor)))
+        return max(1, round(height * factor)), max(1, round(width * factor))
+
+    def _prescale(self, x: Tensor) -> Tensor:
+        target = self._prescaled_size(*x.shape[-2:])
+        if target == tuple(x.shape[-2:]):
+            return x
         return F.interpolate(x, size=target, mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
 
-    def augment_view(self, x: Tensor, size: int, scale: Sequence[float], generator=None) -> Tensor:
-        """One augmented view of a float [0, 1] batch (already prescaled)."""
+    def _views(self) -> list[tuple[int, tuple[float, float]]]:
         cfg = self.config
-        n, device = x.shape[0], x.device
-        top, left, h, w = sample_crop_boxes(n, x.shape[-2], x.shape[-1], scale, cfg.ratio, generator, device)
-        flip = _coin(n, cfg.flip_p, generator, device)
-        x = resized_crop(x, top, left, h, w, flip, size, mode=cfg.interpolation)
-        x = x.to(resolve_photometric_dtype(self.photometric_dtype, device))
-        x = color_jitter(x, cfg.color_jitter, cfg.color_jitter_p, generator)
-        x = random_grayscale(x, _coin(n, cfg.grayscale_p, generator, device), inplace=True)  # x: our own
-        sigma = _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, device)
-        x = gaussian_blur(x, sigma, cfg.blur_kernel_size, mask=_coin(n, cfg.blur_p, generator, device))
+        return [(cfg.size, cfg.scale)] * self.n_global_views + [(cfg.local_size, cfg.local_scale)] * cfg.n_local_crops
+
+    def draw_view(self, n: int, height: int, width: int, scale: Sequence[float], generator=None, device=None) -> dict:
+        """The random parameters of one view of ``n`` samples cropped from (height, width)."""
+        cfg = self.config
+        top, left, h, w = sample_crop_boxes(n, height, width, scale, cfg.ratio, generator, device)
+        return {
+            "top": top, "left": left, "h": h, "w": w,
+            "flip": _coin(n, cfg.flip_p, generator, device),
+            "jitter": draw_color_jitter(n, cfg.color_jitter, cfg.color_jitter_p, generator, device),
+            "grayscale": _coin(n, cfg.grayscale_p, generator, device),
+            "sigma": _uniform(n, cfg.blur_sigma[0], cfg.blur_sigma[1], generator, device),
+            "blur": _coin(n, cfg.blur_p, generator, device),
+            "equalize": _coin(n, cfg.equalize_p, generator, device),
+            "solarize": _coin(n, cfg.solarize_p, generator, device),
+        }
+
+    def apply_view(self, x: Tensor, params: dict, size: int) -> Tensor:
+        """One augmented view of a float [0, 1] batch (already prescaled), with drawn parameters."""
+        cfg = self.config
+        x = resized_crop(x, params["top"], params["left"], params["h"], params["w"], params["flip"], size,
+                         mode=cfg.interpolation)
+        x = x.to(resolve_photometric_dtype(self.photometric_dtype, x.device))
+        x = apply_color_jitter(x, params["jitter"], cfg.color_jitter)
+        x = random_grayscale(x, params["grayscale"], inplace=True)  # x is our own from here on
+        x = gaussian_blur(x, params["sigma"], cfg.blur_kernel_size, mask=params["blur"])
         x = quantize(x)
-        x = equalize(x, _coin(n, cfg.equalize_p, generator, device))
-        x = solarize(x, _coin(n, cfg.solarize_p, generator, device), cfg.solarize_threshold, inplace=True)
+        x = equalize(x, params["equalize"])
+        x = solarize(x, params["solarize"], cfg.solarize_threshold, inplace=True)
         return self.normalize(x)
 
+    def draw(self, images: Tensor, generator: torch.Generator | None = None) -> list[dict]:
+        """The random parameters of every view of a uint8 (B,3,H,W) batch, in the draw order of
+        the generator stream."""
+        _check_batch(images)
+        _check_generator(generator, images.device)
+        height, width = self._prescaled_size(*images.shape[-2:])
+        n, device = images.shape[0], images.device
+        return [self.draw_view(n, height, width, scale, generator, device) for _, scale in self._views()]
+
+    def apply(self, images: Tensor, params: list[dict]) -> list[Tensor]:
+        """The views of a uint8 batch for drawn parameters (``draw``): the pixel work, no
+        randomness (what ``compile_augment`` compiles)."""
+        x = self._prescale(_as_float_batch(images))
+        return [self.apply_view(x, view, size) for view, (size, _) in zip(params, self._views())]
+
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> list[Tensor]:
-        x = _as_float_batch(images)
-        _check_generator(generator, x.device)
-        x = self._prescale(x)
-        cfg = self.config
-        views = [self.augment_view(x, cfg.size, cfg.scale, generator) for _ in range(self.n_global_views)]
-        views += [self.augment_view(x, cfg.local_size, cfg.local_scale, generator) for _ in range(cfg.n_local_crops)]
-        return views
+        return self._apply_fn(images, self.draw(images, generator))
 
 
 class GPUFinetuneAugment(nn.Module):
@@ -535,25 +601,45 @@ class GPUFinetuneAugment(nn.Module):
         resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
         self.photometric_dtype = photometric_dtype
         self.normalize = _Normalize(self.config.mean, self.config.std)
+        self._apply_fn = self.apply  # compile_augment swaps in a compiled one
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def draw(self, images: Tensor, generator: torch.Generator | None = None) -> dict:
+        """The random parameters of a uint8 (B,3,H,W) batch, in the draw order of the generator
+        stream."""
+        _check_batch(images)
+        _check_generator(generator, images.device)
+        cfg = self.config
+        n, device = images.shape[0], images.device
+        params = {
+            "jitter": draw_color_jitter(n, cfg.color_jitter, cfg.color_jitter_p, generator, device),
+            "flip": _coin(n, cfg.flip_p, generator, device),
+            "equalize": _coin(n, cfg.equalize_p, generator, device),
+            "autocontrast": _coin(n, cfg.autocontrast_p, generator, device),
+            "angle": _uniform(n, -cfg.rotation_degrees, cfg.rotation_degrees, generator, device),
+        }
+        top, left, h, w, found = sample_erase_boxes(n, cfg.size, cfg.size, cfg.erase_scale, cfg.erase_ratio, generator, device)
+        params.update(erase_top=top, erase_left=left, erase_h=h, erase_w=w)
+        params["erase"] = _coin(n, cfg.erase_p, generator, device) & found
+        return params
+
+    def apply(self, images: Tensor, params: dict) -> Tensor:
+        """The augmented batch for drawn parameters (``draw``): the pixel work, no randomness."""
         cfg = self.config
         dtype = resolve_photometric_dtype(self.photometric_dtype, images.device)
         resize = tuple(images.shape[-2:]) != (cfg.size, cfg.size)
         x = _as_float_batch(images, torch.float32 if resize else dtype)  # resizing samples in float32
-        _check_generator(generator, x.device)
-        n, device = x.shape[0], x.device
         if resize:
             x = F.interpolate(x, size=(cfg.size, cfg.size), mode=cfg.interpolation, antialias=True, align_corners=False)
             x = x.clamp_(0.0, 1.0).to(dtype)
-        x = color_jitter(x, cfg.color_jitter, cfg.color_jitter_p, generator)
-        x = horizontal_flip(x, _coin(n, cfg.flip_p, generator, device))
+        x = apply_color_jitter(x, params["jitter"], cfg.color_jitter)
+        x = horizontal_flip(x, params["flip"])
         x = quantize(x)
-        x = equalize(x, _coin(n, cfg.equalize_p, generator, device))
-        x = autocontrast(x, _coin(n, cfg.autocontrast_p, generator, device))
-        angle = _uniform(n, -cfg.rotation_degrees, cfg.rotation_degrees, generator, device)
-        x = rotate(x.float(), angle, mode=cfg.affine_interpolation)
+        x = equalize(x, params["equalize"])
+        x = autocontrast(x, params["autocontrast"])
+        x = rotate(x.float(), params["angle"], mode=cfg.affine_interpolation)
         x = self.normalize(x)
-        top, left, h, w, found = sample_erase_boxes(n, cfg.size, cfg.size, cfg.erase_scale, cfg.erase_ratio, generator, device)
-        erase = _coin(n, cfg.erase_p, generator, device) & found
-        return random_erase(x, top, left, h, w, erase, cfg.erase_value)
+        return random_erase(x, params["erase_top"], params["erase_left"], params["erase_h"], params["erase_w"],
+                            params["erase"], cfg.erase_value)
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self._apply_fn(images, self.draw(images, generator))

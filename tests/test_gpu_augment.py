@@ -500,3 +500,27 @@ def test_compiled_module_matches_eager_for_the_same_draws():
         for a, b in zip(eager if isinstance(eager, list) else [eager], compiled if isinstance(compiled, list) else [compiled]):
             moved = (_levels(a) - _levels(b)).abs()
             assert moved.mean() < 0.05 and (moved > 1.5).float().mean() < 1e-3, (moved.mean(), moved.max())
+
+
+def test_draw_then_apply_is_the_forward_pass_and_apply_draws_nothing():
+    batch = _noise(6, 40, 48, seed=26)
+    for module in (G.GPUPretrainAugment(size=32, n_local_crops=1, local_size=16), G.GPUFinetuneAugment(size=32)):
+        generator = _gen(26)
+        params = module.draw(batch, generator)
+        state = generator.get_state()
+        first, second = module.apply(batch, params), module.apply(batch, params)
+        assert torch.equal(generator.get_state(), state)  # apply used no randomness
+        forward = module(batch, generator=_gen(26))
+        for a, b, c in zip(*(v if isinstance(v, list) else [v] for v in (first, second, forward))):
+            assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_compiled_pixel_work_breaks_only_at_the_ops_kept_eager():
+    """No graph break from the draws (they happen before) or from unsupported calls: the only
+    breaks are the crops/rotations, blur and equalize, kept on their eager kernels on purpose."""
+    torch._dynamo.reset()
+    batch = _noise(4, 40, 40, seed=27)
+    for module in (G.GPUPretrainAugment(size=32), G.GPUFinetuneAugment(size=32)):
+        explained = torch._dynamo.explain(module.apply)(batch, module.draw(batch, _gen(27)))
+        reasons = [str(b.reason) for b in explained.break_reasons]
+        assert all("torch.compiler.disable" in r for r in reasons), reasons
