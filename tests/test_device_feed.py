@@ -262,7 +262,7 @@ def test_stream_feed_on_cuda_prepares_one_ahead_on_a_side_stream():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["thread", "stream"])
-def test_feed_waits_for_a_loader_that_copies_its_batches_to_the_device(mode):
+def test_feed_on_cuda_waits_for_a_loader_that_copies_its_batches_to_the_device(mode):
     """accelerate's prepared loaders copy each batch to the device themselves (non_blocking,
     from pinned memory): the preparation must see the copied values, not the buffer before."""
     main = torch.cuda.current_stream()
