@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The device check: the pretraining recipe on a GPU (fp16 with GradScaler, bf16 + torch.compile,
-# batch augmentation on the device, fed by the background thread), then the throughput benchmark
+# batch augmentation on the device, fed by the background thread; then on JPEG shards decoded on
+# the device), then the throughput benchmark
 # (compiled ViT-T and ViT-S: (a), (b), (c), (c-jpeg)), then the CUDA cases of the device-feed /
 # augmentation tests when pytest is there (SKIP_TESTS=1 skips them). Writes logs under $OUT.
 # About 6 minutes on an H200; COMPARE=1 adds about 4 (the former feed, the compiled augmentation).
@@ -24,6 +25,15 @@ for precision in ${RECIPES:-fp16 bf16}; do
   grep -a -E "DINO|kNN|error|Error" "$OUT/recipe_$1.log" | tail -4
   tail -2 "/tmp/run_$1/metrics.jsonl" 2>/dev/null | cut -c1-200
 done
+# the recipe on JPEG shards decoded on the device (nvjpeg) in the feed thread
+for split in Train Val; do
+  python3 -m sewer_hf.cli prepare --data-root /tmp/syn --split "$split" --out /tmp/shards_jpeg --format jpeg --workers 8 > /dev/null
+done
+timeout 110 python3 recipes/pretrain_dino.py --config recipes/configs/smoke_dino.yaml --data /tmp/shards_jpeg \
+  --mixed_precision bf16 --compile true --decode_on_device true --epochs 2 --batch_size 64 --num_workers 4 \
+  --report_to none --output_dir /tmp/run_jpeg > "$OUT/recipe_jpeg.log" 2>&1
+echo "recipe bf16 decode_on_device exit $?" | tee -a "$OUT/gpu.txt"
+grep -a -E "DINO|kNN|error|Error" "$OUT/recipe_jpeg.log" | tail -3
 timeout 270 python3 benchmarks/pretrain_throughput.py ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
 # COMPARE=1: the same run's former path (in-line feed, float32 colour ops) and the compiled augmentation, ViT-S and ViT-T
 if [ -n "${COMPARE:-}" ]; then

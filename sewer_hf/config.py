@@ -37,6 +37,9 @@ class RunConfig:
     # None = on when training on CUDA, false = PIL/torchvision in the CPU workers
     gpu_augment: Optional[bool] = None
     gpu_augment_dtype: str = "auto"  # its colour ops: auto = float16 on CUDA (half the memory traffic), else float32
+    # with gpu_augment: workers hand over the encoded bytes and each batch is decoded on the
+    # device (nvjpeg for JPEG, e.g. `sewer-hf prepare --format jpeg` shards; the CPU otherwise)
+    decode_on_device: bool = False
     compile_augment: bool = False  # torch.compile its colour ops too (fused kernels; draws, crops, blur, equalize stay eager)
     # thread: the next batches are copied and augmented on the device in a background thread,
     # overlapping the step; inline: in the loop; auto = thread with gpu_augment on CUDA and no

@@ -667,6 +667,22 @@ def decode_rgb_or_error(image: Any) -> tuple["PILImage.Image | None", str | None
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def encoded_bytes(image: Any) -> bytes | None:
+    """The encoded bytes of a ``datasets`` image dict (its bytes, else its file), or ``None``
+    (and a warning) when there are none to read."""
+    try:
+        if isinstance(image, dict) and image.get("bytes"):
+            return bytes(image["bytes"])
+        source = image.get("path") if isinstance(image, dict) else image
+        data = Path(source).read_bytes()
+        if not data:
+            raise ValueError("empty file")
+        return data
+    except (OSError, TypeError, ValueError) as exc:
+        logger.warning("unreadable image %s: %s: %s", _describe(image), type(exc).__name__, exc)
+        return None
+
+
 def _as_file(image: Any):
     if isinstance(image, dict):
         if image.get("bytes") is not None:
@@ -723,9 +739,12 @@ def _make_torch_dataset_class():
         "index": i}`` (no ``labels`` when ``with_labels=False``), or ``None`` when the image is
         unreadable; use ``collate_skip_bad`` as the DataLoader's ``collate_fn``. ``transform``
         may return a list of tensors (several views); it is passed through unchanged.
+        ``encoded=True``: ``"encoded"`` (the file's bytes, a 1-d uint8 numpy array; the collate
+        keeps them as a list) instead of ``"pixel_values"``; nothing is decoded here
+        (``TrainState.epoch_batches`` decodes the batch on the training device).
         """
 
-        def __init__(self, hf_dataset, transform=None, with_labels: bool = True):
+        def __init__(self, hf_dataset, transform=None, with_labels: bool = True, encoded: bool = False):
             import datasets
 
             if "image" not in hf_dataset.column_names:
@@ -737,16 +756,25 @@ def _make_torch_dataset_class():
             self.dataset = hf_dataset.select_columns(keep).cast_column("image", datasets.Image(decode=False))
             self.transform = transform
             self.with_labels = with_labels
+            self.encoded = encoded
 
         def __len__(self) -> int:
             return len(self.dataset)
 
         def __getitem__(self, index: int):
             row = self.dataset[int(index)]
-            img = decode_rgb(row["image"])
-            if img is None:
-                return None
-            item = {"pixel_values": self.transform(img) if self.transform else img, "index": int(index)}
+            if self.encoded:  # the bytes, undecoded: the batch is decoded on the training device
+                data = encoded_bytes(row["image"])
+                if data is None:
+                    return None
+                # a numpy array, not a tensor: accelerate moves the batch's tensors to the device,
+                # and the decoders read the bytes on the CPU (nvjpeg included)
+                item = {"encoded": np.frombuffer(bytearray(data), dtype=np.uint8), "index": int(index)}
+            else:
+                img = decode_rgb(row["image"])
+                if img is None:
+                    return None
+                item = {"pixel_values": self.transform(img) if self.transform else img, "index": int(index)}
             if self.with_labels:
                 item["labels"] = torch.tensor(row["labels"], dtype=torch.float32)
             return item

@@ -3,10 +3,11 @@ prepares the next batches (in a background thread, on a side CUDA stream) while 
 step works on the current one.
 
 Decoding PNG frames in DataLoader workers caps what a host feeds (SPEC §6). With JPEG inputs
-(``sewer-hf prepare --format jpeg``), workers only hand over the encoded bytes
-(``collate_encoded``) and the main process decodes the whole batch on the GPU with nvjpeg
-(``decode_batch``: ``torchvision.io.decode_jpeg`` on a list, torchvision >= 0.19); elsewhere,
-and for other formats, images are decoded on the CPU in the main process.
+(``sewer-hf prepare --format jpeg``), workers only hand over the encoded bytes (the recipes'
+``decode_on_device``; ``collate_encoded`` packs them into one block) and the main process
+decodes the whole batch on the GPU with nvjpeg (``decode_batch``: ``torchvision.io.decode_jpeg``
+on a list, torchvision >= 0.19); elsewhere, and for other formats, images are decoded on the
+CPU in the main process. ``decode_batch_skipping`` drops unreadable images instead of failing.
 """
 from __future__ import annotations
 
@@ -133,6 +134,26 @@ def decode_batch(encoded: list[Tensor], device: torch.device | str, size: int | 
         if images is not None:
             return _stacked(images, size)
     return _stacked(_decode_on_cpu(encoded), size).to(device)
+
+
+def decode_batch_skipping(encoded: list[Tensor], device: torch.device | str, size: int) -> tuple[Tensor | None, list[int]]:
+    """``decode_batch`` that survives unreadable images: ``(batch, kept)`` with the positions
+    of the images that decoded (each failure logged); ``(None, [])`` when none did. A batch
+    with a bad image is decoded again one image at a time, on the CPU."""
+    try:
+        return decode_batch(encoded, device, size=size), list(range(len(encoded)))
+    except DataError:
+        pass
+    images, kept = [], []
+    for i, data in enumerate(encoded):
+        try:
+            images.append(decode_batch([data], "cpu", size=size)[0])
+            kept.append(i)
+        except DataError as exc:
+            logger.warning("skipped image %d of the batch: %s", i, exc)
+    if not images:
+        return None, []
+    return torch.stack(images).to(device), kept
 
 
 # ----------------------------------------------------------------------------- prefetching

@@ -32,6 +32,7 @@ from sewer_hf.training import (
     SeededAugmentation,
     TrainState,
     augmentation_note,
+    check_decode_on_device,
     check_finite,
     device_augment,
     make_train_loader,
@@ -133,7 +134,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         transform = DecodeForGPU(cfg.image_size)
     else:
         transform, gpu_aug = finetune_transform(cfg.image_size), None
-    train_ds = SewerTorchDataset(train_hf, transform)
+    check_decode_on_device(cfg, augmenting=gpu_aug is not None)
+    train_ds = SewerTorchDataset(train_hf, transform, encoded=cfg.decode_on_device)
     if gpu_aug is None:  # the workers draw the augmentation: seed each image (decoding alone draws nothing)
         train_ds = SeededAugmentation(train_ds, cfg.seed)
     loader = make_train_loader(train_ds, cfg, collate_skip_bad)
@@ -173,12 +175,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     accelerator.print(
         f"{mode} {cfg.arch}: {len(train_hf)}/{n_full} train images (fraction {cfg.fraction}), {len(val_hf)} val, "
         f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"augmentation {augmentation_note(gpu_aug, feed)}")
+        f"augmentation {augmentation_note(gpu_aug, feed, cfg.decode_on_device)}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc=mode)
     model.train()
     while state.step < total_steps and state.epoch < cfg.epochs:
-        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed):
+        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed,
+                                         decode_size=cfg.image_size):
             it = state.step
             pixels = batch["pixel_values"]  # augmented on the device already with gpu_augment
             set_lr_wd(optimizer, float(lr_sched[it]))

@@ -33,6 +33,7 @@ from sewer_hf.training import (
     SeededAugmentation,
     TrainState,
     augmentation_note,
+    check_decode_on_device,
     check_finite,
     device_augment,
     make_train_loader,
@@ -103,7 +104,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         gpu_aug = device_augment(module.to(accelerator.device), cfg)
     else:
         transform, gpu_aug = PretrainTransform(**aug_kwargs), None
-    train_ds = SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid)
+    check_decode_on_device(cfg, augmenting=gpu_aug is not None)
+    train_ds = SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid, encoded=cfg.decode_on_device)
     if gpu_aug is None:  # the workers draw the views: seed each image (decoding alone draws nothing)
         train_ds = SeededAugmentation(train_ds, cfg.seed)
     loader = make_train_loader(train_ds, cfg, collate_skip_bad)
@@ -164,13 +166,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
         f"{global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"precision {cfg.mixed_precision}, augmentation {augmentation_note(gpu_aug, feed)}")
+        f"precision {cfg.mixed_precision}, augmentation {augmentation_note(gpu_aug, feed, cfg.decode_on_device)}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc="pretrain")
     student.train()
     while state.step < total_steps and state.epoch < cfg.epochs:
         epoch = state.epoch
-        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed):
+        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed,
+                                         decode_size=cfg.decode_size):
             it = state.step
             views = batch["pixel_values"]  # on the device already when augmented there
             if gpu_aug is None:

@@ -64,18 +64,22 @@ class TrainState:
         for key, value in state.items():
             setattr(self, key, value)
 
-    def epoch_batches(self, loader, dataset, accelerator, augment=None, seed: int = 0, feed: str = "inline"):
+    def epoch_batches(self, loader, dataset, accelerator, augment=None, seed: int = 0, feed: str = "inline",
+                      decode_size: int | None = None):
         """The batches of the current epoch: same shuffled order on every process count (seedable
         sampler + per-sample seeded augmentation) and, after a resume, the batches already
         consumed in this epoch are skipped.
 
         ``augment(pixels, generator=...)``: the device-side augmentation; each batch's
         "pixel_values" are moved to the device and replaced by its output, drawn from
-        ``augment_generator`` (keyed by seed, epoch, batch and process). ``feed="thread"``
+        ``augment_generator`` (keyed by seed, epoch, batch and process). A batch of encoded
+        images (``"encoded"``, from a dataset with ``encoded=True``) is first decoded on the
+        device to ``decode_size`` squares; unreadable ones are dropped with their rows and
+        counted as skipped. ``feed="thread"``
         prepares the next batches in a background thread (``DevicePrefetcher``); the counters
         still advance only as batches are handed out, so a checkpoint never counts a batch that
         was prepared but not trained."""
-        from sewer_hf.device_feed import DevicePrefetcher
+        from sewer_hf.device_feed import DevicePrefetcher, decode_batch_skipping, split_encoded
 
         loader.set_epoch(self.epoch)
         if hasattr(dataset, "set_epoch"):
@@ -85,18 +89,35 @@ class TrainState:
 
         def prepare(numbered):
             index, batch = numbered
-            if batch is None or augment is None:
+            if batch is not None and "encoded" in batch:
+                batch = decoded(batch)
+            if batch is None or augment is None or "pixel_values" not in batch:
                 return index, batch
             pixels = batch["pixel_values"].to(accelerator.device, non_blocking=True)
             generator = augment_generator(seed, epoch, index, accelerator)
             with torch.no_grad():  # grad mode is per thread: say it here too
                 return index, {**batch, "pixel_values": augment(pixels, generator=generator)}
 
+        def decoded(batch):
+            """The encoded images decoded on the device; unreadable ones leave with their rows."""
+            encoded = [torch.from_numpy(data) for data in batch.pop("encoded")]
+            pixels, kept = decode_batch_skipping(encoded, accelerator.device, decode_size)
+            skipped = batch.get("n_skipped", 0) + len(encoded) - len(kept)
+            if pixels is None:  # nothing left to train on: only the count goes on
+                return {"n_skipped": skipped}
+            if len(kept) < len(encoded):
+                rows = torch.tensor(kept)
+                batch = {key: value[rows.to(value.device)] if key in ("labels", "index") else value
+                         for key, value in batch.items()}
+            return {**batch, "pixel_values": pixels, "n_skipped": skipped}
+
         for index, batch in DevicePrefetcher(enumerate(batches, start=start + 1), prepare, accelerator.device, mode=feed):
             self.batches_in_epoch = index
             if batch is None:  # every image of this batch was unreadable
                 continue
             self.skipped_images += int(batch.get("n_skipped", 0))
+            if "pixel_values" not in batch:  # every image failed to decode on the device
+                continue
             yield batch
 
     def end_epoch(self) -> None:
@@ -137,11 +158,18 @@ def resolve_feed(cfg: Any, device: torch.device, augmenting: bool) -> str:
     return "thread" if augmenting and device.type == "cuda" and cfg.gradient_accumulation_steps == 1 else "inline"
 
 
-def augmentation_note(gpu_augment, feed: str) -> str:
+def augmentation_note(gpu_augment, feed: str, decode_on_device: bool = False) -> str:
     """Where the augmentation runs, for the run's opening line."""
     if gpu_augment is None:
         return "in the CPU workers"
-    return "on the device" + (", the next batches prepared in a background thread" if feed == "thread" else "")
+    return ("on the device" + (", images decoded there" if decode_on_device else "")
+            + (", the next batches prepared in a background thread" if feed == "thread" else ""))
+
+
+def check_decode_on_device(cfg: Any, augmenting: bool) -> None:
+    if cfg.decode_on_device and not augmenting:
+        raise ConfigError("decode_on_device hands the encoded images to the device-side augmentation: it needs "
+                          "gpu_augment (on by default on CUDA)")
 
 
 class CheckpointManager:

@@ -428,6 +428,24 @@ def test_torch_dataset_skips_a_corrupt_image(tmp_path):
     assert sum(len(b["index"]) for b in batches) == 19
 
 
+def test_torch_dataset_hands_over_encoded_bytes(tmp_path):
+    """encoded=True: the file's bytes, undecoded, as a numpy array (kept off the device by
+    accelerate); an empty file is skipped like a corrupt one."""
+    import sewer_hf.data as data
+
+    root = make_root(tmp_path, VAL_CSV)
+    rows = read_rows(VAL_CSV)
+    (root / rows[3]["Filename"]).write_bytes(b"")
+    ds = data.SewerTorchDataset(load_sewer_ml(root, "Val"), encoded=True)
+    item = ds[1]
+    assert "pixel_values" not in item and item["encoded"].dtype == np.uint8
+    assert item["encoded"].tobytes() == (root / rows[1]["Filename"]).read_bytes()
+    assert ds[3] is None
+    batch = collate_skip_bad([ds[0], ds[3], ds[1]])
+    assert isinstance(batch["encoded"], list) and len(batch["encoded"]) == 2 and batch["n_skipped"] == 1
+    assert batch["labels"].shape == (2, 17)
+
+
 def test_torch_dataset_multi_view_and_unlabelled(tmp_path):
     import sewer_hf.data as data
 

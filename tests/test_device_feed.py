@@ -15,6 +15,7 @@ from sewer_hf.device_feed import (
     DevicePrefetcher,
     collate_encoded,
     decode_batch,
+    decode_batch_skipping,
     encoded_tensor,
     is_jpeg,
     nvjpeg_supported,
@@ -116,6 +117,18 @@ def test_decode_batch_rejects_unreadable_images(device):
             decode_batch([good, bad], device)
     with pytest.raises(DataError, match="empty"):
         decode_batch([], device)
+
+
+@on_devices
+def test_decode_batch_skipping_drops_only_the_unreadable_images(device):
+    good = [encoded_tensor(_encode(_picture(i), "JPEG", quality=95)) for i in range(3)]
+    junk = torch.randint(0, 256, (500,), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    batch, kept = decode_batch_skipping([good[0], junk, good[1], good[2]], device, size=32)
+    assert kept == [0, 2, 3] and batch.shape == (3, 3, 32, 32) and batch.device.type == device
+    assert torch.equal(batch[1].cpu(), decode_batch([good[1]], "cpu", size=32)[0])
+    batch, kept = decode_batch_skipping(good, device, size=32)  # nothing bad: one batch call
+    assert kept == [0, 1, 2] and batch.shape == (3, 3, 32, 32)
+    assert decode_batch_skipping([junk, junk], device, size=32) == (None, [])
 
 
 def test_nvjpeg_only_on_cuda():

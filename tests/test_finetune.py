@@ -174,3 +174,28 @@ def test_feed_thread_needs_device_augmentation_and_no_accumulation(tiny_data, tm
     cfg = FinetuneConfig(**TINY, data=tiny_data, output_dir=str(tmp_path / "y"), gpu_augment=False, device_feed="thread")
     with pytest.raises(ConfigError, match="device_feed=thread .* needs gpu_augment"):
         finetune(cfg)
+
+
+def test_images_decoded_on_the_device_skip_a_corrupt_one(tiny_data, tmp_path, capsys):
+    """decode_on_device: the workers hand over the files' bytes and the feed decodes each batch
+    (nvjpeg on CUDA; the CPU here). A corrupt frame is dropped with its labels, counted, and the
+    run goes on."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    first = (data / "SewerML_Train.csv").read_text().splitlines()[1].split(",")[0]
+    (data / first).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    cfg = FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "ft"), gpu_augment=True,
+                         decode_on_device=True, device_feed="thread")
+    result = finetune(cfg)
+    assert "images decoded there" in capsys.readouterr().out
+    assert result["skipped_images"] == TINY["epochs"]  # 48 frames, batch 8: every frame in every epoch
+    lines = [json.loads(l) for l in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("loss" in r for r in lines) == 12 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
+
+    from sewer_hf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decode_on_device .* needs gpu_augment"):
+        finetune(FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "x"), gpu_augment=False,
+                                decode_on_device=True))

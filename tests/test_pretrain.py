@@ -139,6 +139,16 @@ def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
     assert all(torch.equal(inline[k], thread[k]) for k in inline)
 
 
+def test_images_decoded_on_the_device_feed_the_views(tiny_data, tmp_path):
+    """decode_on_device with hybrid labels: workers hand over the files' bytes, the feed decodes
+    them to decode_size squares and augments them."""
+    result = run(tiny_data, tmp_path / "decoded", epochs=1, gpu_augment=True, decode_on_device=True, decode_size=48,
+                 device_feed="thread", hybrid=True, knn_eval=False, rankme_samples=0)
+    lines = [json.loads(l) for l in (tmp_path / "decoded" / "metrics.jsonl").read_text().splitlines()]
+    assert result["steps"] == 5 and result["skipped_images"] == 0
+    assert all(math.isfinite(r["loss"]) and r["bce"] > 0 for r in lines if "loss" in r)
+
+
 def test_compiled_device_augmentation_trains_in_the_feed_thread(tiny_data, tmp_path):
     """compile_augment: the augmentation is torch.compiled (inductor, on the CPU here) and
     called from the feed thread."""
