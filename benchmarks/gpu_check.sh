@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The device check: the pretraining recipe on a GPU (fp16 with GradScaler, bf16 + torch.compile,
-# batch augmentation on the device, fed by the background thread; then on JPEG shards decoded on
-# the device), then the throughput benchmark
-# (compiled ViT-T and ViT-S: (a), (b), (c), (c-jpeg)), then the CUDA cases of the device-feed /
-# augmentation tests when pytest is there (SKIP_TESTS=1 skips them). Writes logs under $OUT.
-# About 6 minutes on an H200; COMPARE=1 adds about 4 (the former feed, the compiled augmentation).
+# The device check, in stages (STAGES, default "recipes bench tests"); logs under $OUT.
+#   recipes: the pretraining recipe on the GPU (RECIPES="fp16 bf16": fp16 with GradScaler eager,
+#            bf16 + torch.compile), augmentation on the device fed by the background thread;
+#            then bf16 on JPEG shards decoded on the device (decode_on_device, nvjpeg).
+#            About 4 minutes with both precisions, 2.5 with RECIPES=bf16.
+#   bench:   benchmarks/pretrain_throughput.py, compiled ViT-T and ViT-S: (a), (b), (c),
+#            (c-jpeg) and the feeds alone; COMPARE=1 adds (c) as the last GPU run had it
+#            (float32 colour ops, in line) and with the compiled augmentation, against the
+#            same compiled step. About 4.5 minutes, 6 with COMPARE=1.
+#   tests:   the CUDA cases of the device-feed / augmentation tests (when pytest is there).
+# Within one device call's 10 minutes: STAGES="recipes tests" RECIPES=bf16, then
+# STAGES=bench COMPARE=1.
 set -u
 OUT=${OUT:-runs/gpu_check}; mkdir -p "$OUT"
+STAGES=${STAGES:-recipes bench tests}
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -14,35 +21,35 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 SEWER_HF_CACHE=/tmp/sewer_cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch,timm,transformers,accelerate,datasets;print('torch',torch.__version__,'timm',timm.__version__,'transformers',transformers.__version__,'accelerate',accelerate.__version__,'datasets',datasets.__version__)" | tee -a "$OUT/gpu.txt"
-python3 -m sewer_hf.cli synth --out /tmp/syn --train 512 --val 128 --seed 0 --size 352x288 --workers 8 --no-progress
-# RECIPES="bf16" runs one of the two recipe checks (fp16 runs eager, bf16 compiled)
-for precision in ${RECIPES:-fp16 bf16}; do
-  set -- "$precision" "$([ "$precision" = bf16 ] && echo true || echo false)"
-  timeout 110 python3 recipes/pretrain_dino.py --config recipes/configs/smoke_dino.yaml --data /tmp/syn \
-    --mixed_precision "$1" --compile "$2" --epochs 2 --batch_size 64 --num_workers 8 --report_to none \
-    --output_dir "/tmp/run_$1" > "$OUT/recipe_$1.log" 2>&1
-  echo "recipe $1 compile=$2 exit $?" | tee -a "$OUT/gpu.txt"
-  grep -a -E "DINO|kNN|error|Error" "$OUT/recipe_$1.log" | tail -4
-  tail -2 "/tmp/run_$1/metrics.jsonl" 2>/dev/null | cut -c1-200
-done
-# the recipe on JPEG shards decoded on the device (nvjpeg) in the feed thread
-for split in Train Val; do
-  python3 -m sewer_hf.cli prepare --data-root /tmp/syn --split "$split" --out /tmp/shards_jpeg --format jpeg --workers 8 > /dev/null
-done
-timeout 110 python3 recipes/pretrain_dino.py --config recipes/configs/smoke_dino.yaml --data /tmp/shards_jpeg \
-  --mixed_precision bf16 --compile true --decode_on_device true --epochs 2 --batch_size 64 --num_workers 4 \
-  --report_to none --output_dir /tmp/run_jpeg > "$OUT/recipe_jpeg.log" 2>&1
-echo "recipe bf16 decode_on_device exit $?" | tee -a "$OUT/gpu.txt"
-grep -a -E "DINO|kNN|error|Error" "$OUT/recipe_jpeg.log" | tail -3
-timeout 270 python3 benchmarks/pretrain_throughput.py ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" 2>&1 | grep -v Warning | tee "$OUT/throughput.log"
-# COMPARE=1: the same run's former path (in-line feed, float32 colour ops) and the compiled augmentation, ViT-S and ViT-T
-if [ -n "${COMPARE:-}" ]; then
-  timeout 150 python3 benchmarks/pretrain_throughput.py --archs vit_small,vit_tiny --feed inline --aug-dtype float32 \
-    --json "$OUT/throughput_former.json" 2>&1 | grep -v Warning | tail -4 | tee "$OUT/throughput_former.log"
-  timeout 150 python3 benchmarks/pretrain_throughput.py --archs vit_small,vit_tiny --compile-aug \
-    --json "$OUT/throughput_compiled_aug.json" 2>&1 | grep -v Warning | tail -4 | tee "$OUT/throughput_compiled_aug.log"
+
+if [[ " $STAGES " == *" recipes "* ]]; then
+  python3 -m sewer_hf.cli synth --out /tmp/syn --train 512 --val 128 --seed 0 --size 352x288 --workers 8 --no-progress
+  for precision in ${RECIPES:-fp16 bf16}; do
+    set -- "$precision" "$([ "$precision" = bf16 ] && echo true || echo false)"
+    timeout 110 python3 recipes/pretrain_dino.py --config recipes/configs/smoke_dino.yaml --data /tmp/syn \
+      --mixed_precision "$1" --compile "$2" --epochs 2 --batch_size 64 --num_workers 8 --report_to none \
+      --output_dir "/tmp/run_$1" > "$OUT/recipe_$1.log" 2>&1
+    echo "recipe $1 compile=$2 exit $?" | tee -a "$OUT/gpu.txt"
+    grep -a -E "DINO|kNN|error|Error" "$OUT/recipe_$1.log" | tail -4
+    tail -2 "/tmp/run_$1/metrics.jsonl" 2>/dev/null | cut -c1-200
+  done
+  for split in Train Val; do
+    python3 -m sewer_hf.cli prepare --data-root /tmp/syn --split "$split" --out /tmp/shards_jpeg --format jpeg --workers 8 > /dev/null
+  done
+  timeout 100 python3 recipes/pretrain_dino.py --config recipes/configs/smoke_dino.yaml --data /tmp/shards_jpeg \
+    --mixed_precision bf16 --compile true --decode_on_device true --epochs 2 --batch_size 64 --num_workers 4 \
+    --report_to none --output_dir /tmp/run_jpeg > "$OUT/recipe_jpeg.log" 2>&1
+  echo "recipe bf16 decode_on_device exit $?" | tee -a "$OUT/gpu.txt"
+  grep -a -E "DINO|kNN|error|Error" "$OUT/recipe_jpeg.log" | tail -3
 fi
-if [ -z "${SKIP_TESTS:-}" ] && python3 -c "import pytest" 2>/dev/null; then
+
+if [[ " $STAGES " == *" bench "* ]]; then
+  timeout $([ -n "${COMPARE:-}" ] && echo 420 || echo 300) python3 benchmarks/pretrain_throughput.py \
+    $([ -n "${COMPARE:-}" ] && echo --compare) ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" 2>&1 \
+    | grep -v Warning | tee "$OUT/throughput.log"
+fi
+
+if [[ " $STAGES " == *" tests "* ]] && python3 -c "import pytest" 2>/dev/null; then
   # nvjpeg decode, the feed thread / side stream and the augmentation (float16 colour ops by default) on CUDA
   timeout 120 python3 -m pytest -q -p no:cacheprovider -p no:warnings tests/test_device_feed.py tests/test_gpu_augment.py \
     -k "cuda and (decode or feed or former or masked or op_rates or statistics or shapes)" 2>&1 | tail -15 | tee "$OUT/cuda_tests.log"

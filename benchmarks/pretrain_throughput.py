@@ -14,6 +14,8 @@ and prints (b), (c) and (c-jpeg) as ratios to (a) from the same run, the model F
 (MFU) of (a) against the card's dense bf16 peak, and the rates of the feeds alone (loader +
 decode + augmentation, no model step), which say whether the feed or the step limits a row;
 among them, JPEG frames decoded by the workers, as the recipes read `--format jpeg` shards.
+`--compare` adds (c) as the previous GPU run had it (float32 colour ops, fed in line) and (c)
+with the compiled augmentation, timed against the same compiled step.
 Inputs are prepared-size (256 px) synthetic frames held in memory, PNG and JPEG (quality 95),
 as `sewer-hf prepare --format png|jpeg` writes them. The device-side preparation (copy, decode,
 augmentation) of the next batches runs in a background thread on its own CUDA stream while the
@@ -34,6 +36,7 @@ of the workers' cycle, and the sampler is long enough that no epoch boundary fal
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import io
 import json
@@ -187,10 +190,11 @@ def feed(loader, prepare, device, mode: str):
     return iter(DevicePrefetcher(loader, prepare, device, mode=mode))
 
 
-def loader_rate(loader, prepare, consume, args, device, batch: int, workers: int) -> float:
-    """Steady-state images/s of ``consume(prepare(batch))`` over ``loader``; stops its workers.
-    A variant that fails prints why and gives NaN, so that the others still report."""
-    batches = feed(loader, prepare, device, args.feed)
+def loader_rate(loader, prepare, consume, args, device, batch: int, workers: int, feed_mode: str | None = None) -> float:
+    """Steady-state images/s of ``consume(prepare(batch))`` over ``loader`` (fed as ``--feed``
+    says unless ``feed_mode``); stops its workers. A variant that fails prints why and gives
+    NaN, so that the others still report."""
+    batches = feed(loader, prepare, device, feed_mode or args.feed)
     try:
         return rate(lambda: consume(next(batches)), batch, device, max(1, workers), args.warmup, args.seconds)
     except Exception as exc:  # noqa: BLE001 - one broken variant must not hide the others
@@ -233,6 +237,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="how the device-side preparation overlaps the step (default: a background thread)")
     parser.add_argument("--aug-dtype", choices=("auto", "float32", "float16"), default="auto",
                         help="dtype of the GPU augmentation's colour ops (auto: float16 on CUDA)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also (c) as the last GPU run had it (float32 colour ops, in line) and with --compile-aug, "
+                             "against the same compiled step")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.quick:
@@ -289,7 +296,26 @@ def measure_arch(args, device, arch: str, mode: str, aug_fn, png, jpeg, size: in
     for name, (loader, prepare, workers) in gpu_feeds(args, device, aug_fn, png, jpeg, decode_size).items():
         row[{"png": "gpu_aug", "jpeg": "gpu_aug_jpeg"}[name]] = loader_rate(
             loader, prepare, step, args, device, batch, workers)
+    if args.compare:  # (c) the former way, and with the compiled augmentation, against the same step
+        compiled = aug_fn if mode == "compile" and args.compile_aug else compiled_aug(aug_fn)
+        for key, other_aug, feed_mode in (("gpu_aug_former", former_aug(size, device), "inline"),
+                                          ("gpu_aug_compiled", compiled, None)):
+            png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
+            row[key] = loader_rate(png_loader, prepare_decoded(other_aug, device), step, args, device, batch,
+                                   args.workers, feed_mode=feed_mode)
     return row
+
+
+@functools.cache
+def former_aug(size: int, device) -> GPUPretrainAugment:
+    """The augmentation as the second session's GPU run had it: float32 colour ops (fed in line)."""
+    return GPUPretrainAugment(size=size, photometric_dtype="float32").to(device)
+
+
+@functools.cache  # one compilation for every arch
+def compiled_aug(aug_fn):
+    """``aug_fn`` with its pixel work compiled (``compile_augment``)."""
+    return compile_augment(aug_fn)
 
 
 def main(argv=None) -> int:
@@ -333,6 +359,10 @@ def main(argv=None) -> int:
                   f"(b) {row['cpu_aug']:8.1f} = {row['cpu_aug'] / row['bare']:5.3f} x (a)   "
                   f"(c) {row['gpu_aug']:8.1f} = {row['gpu_aug'] / row['bare']:5.3f} x (a)   "
                   f"(c-jpeg) {row['gpu_aug_jpeg']:8.1f} = {row['gpu_aug_jpeg'] / row['bare']:5.3f} x (a)", flush=True)
+            if args.compare:
+                print(f"{'':18s}(c) former (float32 colour ops, in line) {row['gpu_aug_former']:8.1f} = "
+                      f"{row['gpu_aug_former'] / row['bare']:5.3f} x (a)   (c) compiled augmentation "
+                      f"{row['gpu_aug_compiled']:8.1f} = {row['gpu_aug_compiled'] / row['bare']:5.3f} x (a)", flush=True)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print("\n| arch | mode | (a) bare img/s | MFU | (b) CPU aug img/s | (b)/(a) | (c) PNG workers + GPU aug img/s "
@@ -342,6 +372,12 @@ def main(argv=None) -> int:
         print(f"| {r['arch']} | {r['mode']} | {r['bare']:.0f} | {100 * r['mfu']:.1f}% | {r['cpu_aug']:.0f} | "
               f"{r['cpu_aug'] / r['bare']:.3f} | {r['gpu_aug']:.0f} | {r['gpu_aug'] / r['bare']:.3f} | "
               f"{r['gpu_aug_jpeg']:.0f} | {r['gpu_aug_jpeg'] / r['bare']:.3f} |")
+    if args.compare:
+        print("\n| arch | mode | (c) former: float32 colour ops, in line, img/s | /(a) | (c) compiled augmentation img/s | /(a) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['arch']} | {r['mode']} | {r['gpu_aug_former']:.0f} | {r['gpu_aug_former'] / r['bare']:.3f} | "
+                  f"{r['gpu_aug_compiled']:.0f} | {r['gpu_aug_compiled'] / r['bare']:.3f} |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "batch": args.batch, "workers": args.workers, "jpeg_workers": args.jpeg_workers,
