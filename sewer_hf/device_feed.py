@@ -224,6 +224,11 @@ class DevicePrefetcher:
     def _threaded(self, side: "torch.cuda.Stream | None") -> Iterator:
         ready: queue.Queue = queue.Queue(maxsize=self.depth)
         stop = threading.Event()
+        # the feed thread's current device: for "cuda" without an index, the caller's current one
+        # (set_device refuses an index-less device)
+        index = None
+        if side is not None:
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
 
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -236,8 +241,8 @@ class DevicePrefetcher:
 
         def work() -> None:
             try:
-                if side is not None:
-                    torch.cuda.set_device(self.device)  # the current device is per thread
+                if index is not None:
+                    torch.cuda.set_device(index)  # the current device is per thread
                 # The loader runs on the side stream too: a loader that copies its batches to the
                 # device (accelerate's) then queues the copy before the preparation that reads it.
                 with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
