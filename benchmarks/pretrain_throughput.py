@@ -249,6 +249,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def decoding_loader(blobs: list[bytes], args, device, decode_size: int) -> torch.utils.data.DataLoader:
+    """Workers that decode the frames (PIL) and resize them to ``decode_size``, as the recipes'."""
+    return make_loader(Frames(blobs, DecodeForGPU(decode_size)), args.batch, args.workers, collate_views, device)
+
+
 def prepare_decoded(aug_fn, device):
     """Device-side preparation of a batch the workers decoded: copy, then augment."""
     return lambda batch: aug_fn(batch.to(device, non_blocking=True))
@@ -257,7 +262,7 @@ def prepare_decoded(aug_fn, device):
 def gpu_feeds(args, device, aug_fn, png, jpeg, decode_size: int) -> dict[str, tuple]:
     """(loader, prepare, workers) of the two device-side feeds: (c) PNG decoded by the workers,
     (c-jpeg) JPEG bytes decoded on the device; ``prepare`` ends with the GPU augmentation."""
-    png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), args.batch, args.workers, collate_views, device)
+    png_loader = decoding_loader(png, args, device, decode_size)
     jpeg_loader = make_loader(EncodedFrames(jpeg), args.batch, args.jpeg_workers, collate_encoded, device)
     return {
         "png": (png_loader, prepare_decoded(aug_fn, device), args.workers),
@@ -272,14 +277,12 @@ def measure_feeds(args, device, aug_fn, png, jpeg, size: int, decode_size: int) 
     batch = args.batch
     images = torch.randint(0, 256, (batch, 3, decode_size, decode_size), dtype=torch.uint8, device=device)
     feeds = {"aug": rate(lambda: aug_fn(images), batch, device, 1, args.warmup, args.seconds)}
-    float32_aug = GPUPretrainAugment(size=size, photometric_dtype="float32").to(device)
-    feeds["aug_float32"] = rate(lambda: float32_aug(images), batch, device, 1, args.warmup, args.seconds)
+    feeds["aug_float32"] = rate(lambda: former_aug(size, device)(images), batch, device, 1, args.warmup, args.seconds)
     for name, (loader, prepare, workers) in gpu_feeds(args, device, aug_fn, png, jpeg, decode_size).items():
         feeds[name] = loader_rate(loader, prepare, lambda views: None, args, device, batch, workers)
     # JPEG shards decoded by the workers (PIL), as the recipes read them: is nvjpeg needed at all?
-    jpeg_in_workers = make_loader(Frames(jpeg, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
-    feeds["jpeg_workers"] = loader_rate(jpeg_in_workers, prepare_decoded(aug_fn, device), lambda views: None,
-                                        args, device, batch, args.workers)
+    feeds["jpeg_workers"] = loader_rate(decoding_loader(jpeg, args, device, decode_size), prepare_decoded(aug_fn, device),
+                                        lambda views: None, args, device, batch, args.workers)
     return feeds
 
 
@@ -300,15 +303,14 @@ def measure_arch(args, device, arch: str, mode: str, aug_fn, png, jpeg, size: in
         compiled = aug_fn if mode == "compile" and args.compile_aug else compiled_aug(aug_fn)
         for key, other_aug, feed_mode in (("gpu_aug_former", former_aug(size, device), "inline"),
                                           ("gpu_aug_compiled", compiled, None)):
-            png_loader = make_loader(Frames(png, DecodeForGPU(decode_size)), batch, args.workers, collate_views, device)
-            row[key] = loader_rate(png_loader, prepare_decoded(other_aug, device), step, args, device, batch,
-                                   args.workers, feed_mode=feed_mode)
+            row[key] = loader_rate(decoding_loader(png, args, device, decode_size), prepare_decoded(other_aug, device),
+                                   step, args, device, batch, args.workers, feed_mode=feed_mode)
     return row
 
 
 @functools.cache
 def former_aug(size: int, device) -> GPUPretrainAugment:
-    """The augmentation as the second session's GPU run had it: float32 colour ops (fed in line)."""
+    """The augmentation as the second session's GPU run had it: float32 colour ops."""
     return GPUPretrainAugment(size=size, photometric_dtype="float32").to(device)
 
 

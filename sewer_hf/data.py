@@ -668,13 +668,11 @@ def decode_rgb_or_error(image: Any) -> tuple["PILImage.Image | None", str | None
 
 
 def encoded_bytes(image: Any) -> bytes | None:
-    """The encoded bytes of a ``datasets`` image dict (its bytes, else its file), or ``None``
-    (and a warning) when there are none to read."""
+    """The encoded bytes of an image (a ``datasets`` dict: its bytes, else its file; raw bytes;
+    a path), or ``None`` (and a warning) when there are none to read."""
     try:
-        if isinstance(image, dict) and image.get("bytes"):
-            return bytes(image["bytes"])
-        source = image.get("path") if isinstance(image, dict) else image
-        data = Path(source).read_bytes()
+        source = _as_file(image)
+        data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
         if not data:
             raise ValueError("empty file")
         return data

@@ -29,21 +29,16 @@ from sewer_hf.training import (
     CheckpointManager,
     MetricsLog,
     Progress,
-    SeededAugmentation,
     TrainState,
-    augmentation_note,
-    check_decode_on_device,
     check_finite,
-    device_augment,
     make_train_loader,
     mark_weight_decay_groups,
-    resolve_feed,
     resume_and_track,
     scaled_lr,
     set_lr_wd,
     start_run,
     steps_per_epoch,
-    wants_gpu_augment,
+    train_data,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,7 +102,7 @@ def predict_scores(model, loader, accelerator, desc: str = "eval") -> tuple[np.n
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    from sewer_hf.augment import DecodeForGPU, eval_transform, finetune_transform
+    from sewer_hf.augment import eval_transform, finetune_transform
     from sewer_hf.gpu_augment import GPUFinetuneAugment
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
     from sewer_hf.dino import param_groups
@@ -128,17 +123,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.fraction < 1.0:
         chosen = stratified_fraction(np.asarray(train_hf["labels"]), cfg.fraction, seed=cfg.seed)
         train_hf = train_hf.select(chosen)
-    if wants_gpu_augment(cfg, accelerator.device):  # workers decode and resize (the reference's first step)
-        module = GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=cfg.gpu_augment_dtype)
-        gpu_aug = device_augment(module.to(accelerator.device), cfg)
-        transform = DecodeForGPU(cfg.image_size)
-    else:
-        transform, gpu_aug = finetune_transform(cfg.image_size), None
-    check_decode_on_device(cfg, augmenting=gpu_aug is not None)
-    train_ds = SewerTorchDataset(train_hf, transform, encoded=cfg.decode_on_device)
-    if gpu_aug is None:  # the workers draw the augmentation: seed each image (decoding alone draws nothing)
-        train_ds = SeededAugmentation(train_ds, cfg.seed)
-    loader = make_train_loader(train_ds, cfg, collate_skip_bad)
+    # on the device, the workers decode and resize (the reference's first step): decode_size = image_size
+    train = train_data(
+        cfg, accelerator, train_hf, cpu_transform=lambda: finetune_transform(cfg.image_size),
+        device_augment=lambda dtype: GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=dtype),
+        decode_size=cfg.image_size)
+    loader = make_train_loader(train.dataset, cfg, collate_skip_bad)
     val_loader = torch.utils.data.DataLoader(
         SewerTorchDataset(val_hf, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
         num_workers=cfg.num_workers, collate_fn=collate_skip_bad)
@@ -170,18 +160,16 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     total_steps = cfg.epochs * iters if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * iters)
 
     resume_and_track(accelerator, cfg, state, ckpt, log, "finetune")
-    feed = resolve_feed(cfg, accelerator.device, augmenting=gpu_aug is not None)
     mode = "linear probe" if cfg.linear_probe else ("fine-tune" if cfg.backbone else "supervised from scratch")
     accelerator.print(
         f"{mode} {cfg.arch}: {len(train_hf)}/{n_full} train images (fraction {cfg.fraction}), {len(val_hf)} val, "
         f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"augmentation {augmentation_note(gpu_aug, feed, cfg.decode_on_device)}")
+        f"augmentation {train.describe()}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc=mode)
     model.train()
     while state.step < total_steps and state.epoch < cfg.epochs:
-        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed,
-                                         decode_size=cfg.image_size):
+        for batch in state.epoch_batches(loader, train, accelerator):
             it = state.step
             pixels = batch["pixel_values"]  # augmented on the device already with gpu_augment
             set_lr_wd(optimizer, float(lr_sched[it]))

@@ -248,7 +248,7 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     hue6 = torch.addcmul(sector, numerator, inverse).remainder_(6.0)
     # the HSV profiles, all three channels in one pass: red |h - 3| - 1, green 2 - |h - 2|,
     # blue 2 - |h - 4|, each clamped to [0, 1]
-    centre, slope, offset = (x.new_tensor(v).view(1, 3, 1, 1) for v in HUE_PROFILES)
+    centre, slope, offset = x.new_tensor(HUE_PROFILES).view(3, 1, 3, 1, 1).unbind(0)  # one small copy
     profile = torch.addcmul(offset, (hue6.unsqueeze(1) - centre).abs_(), slope).clamp_(0.0, 1.0)
     return profile.mul_(spread.unsqueeze(1)).add_(minc.unsqueeze(1))
 

@@ -59,8 +59,9 @@ class SewerClassifier:
             raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision={precision!r}: expected one of {PRECISIONS}")
+        onnx_file = Path(onnx_path) if onnx_path else Path(model_dir) / "model.onnx"
         if backend == "auto":
-            backend = _auto_backend(Path(onnx_path) if onnx_path else Path(model_dir) / "model.onnx", device, precision)
+            backend = _auto_backend(onnx_file, device, precision)
         if backend == "onnx" and precision != "fp32":
             raise ConfigError("the onnx backend runs the exported fp32 graph; use precision='fp32'")
         self.model_dir = str(model_dir)
@@ -84,8 +85,7 @@ class SewerClassifier:
             self._dtype = dtype
         else:
             self.model = None
-            self._session = _onnx_session(Path(onnx_path) if onnx_path else Path(self.model_dir) / "model.onnx",
-                                          threads)
+            self._session = _onnx_session(onnx_file, threads)
         proc = _processor_config(self.model_dir)
         size = proc.get("size", {})
         self.size = (int(size.get("width", config.image_size)), int(size.get("height", config.image_size)))

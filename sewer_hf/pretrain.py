@@ -30,21 +30,16 @@ from sewer_hf.training import (
     CheckpointManager,
     MetricsLog,
     Progress,
-    SeededAugmentation,
     TrainState,
-    augmentation_note,
-    check_decode_on_device,
     check_finite,
-    device_augment,
     make_train_loader,
     mark_weight_decay_groups,
-    resolve_feed,
     resume_and_track,
     scaled_lr,
     set_lr_wd,
     start_run,
     steps_per_epoch,
-    wants_gpu_augment,
+    train_data,
 )
 
 logger = logging.getLogger(__name__)
@@ -83,9 +78,9 @@ def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: fl
 # ------------------------------------------------------------------------------------------------
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    from sewer_hf.augment import DecodeForGPU, PretrainTransform
+    from sewer_hf.augment import PretrainTransform
     from sewer_hf.gpu_augment import GPUPretrainAugment
-    from sewer_hf.data import SewerTorchDataset, collate_skip_bad
+    from sewer_hf.data import collate_skip_bad
     from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update, param_groups
     from sewer_hf.model import build_student_teacher
     from sewer_hf.hub import check_push_config, push_after_run
@@ -98,17 +93,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
     aug_kwargs = dict(size=cfg.image_size, scale=cfg.global_crop_scale, n_local_crops=cfg.n_local_crops,
                       local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
-    if wants_gpu_augment(cfg, accelerator.device):  # workers only decode; the views are drawn batched on the device
-        transform = DecodeForGPU(cfg.decode_size)
-        module = GPUPretrainAugment(**aug_kwargs, photometric_dtype=cfg.gpu_augment_dtype)
-        gpu_aug = device_augment(module.to(accelerator.device), cfg)
-    else:
-        transform, gpu_aug = PretrainTransform(**aug_kwargs), None
-    check_decode_on_device(cfg, augmenting=gpu_aug is not None)
-    train_ds = SewerTorchDataset(train_hf, transform, with_labels=cfg.hybrid, encoded=cfg.decode_on_device)
-    if gpu_aug is None:  # the workers draw the views: seed each image (decoding alone draws nothing)
-        train_ds = SeededAugmentation(train_ds, cfg.seed)
-    loader = make_train_loader(train_ds, cfg, collate_skip_bad)
+    train = train_data(
+        cfg, accelerator, train_hf, cpu_transform=lambda: PretrainTransform(**aug_kwargs),
+        device_augment=lambda dtype: GPUPretrainAugment(**aug_kwargs, photometric_dtype=dtype),
+        decode_size=cfg.decode_size, with_labels=cfg.hybrid)
+    loader = make_train_loader(train.dataset, cfg, collate_skip_bad)
     if len(loader) == 0:
         from sewer_hf.errors import ConfigError
         raise ConfigError(f"{len(train_hf)} training images < batch_size={cfg.batch_size}: lower batch_size")
@@ -162,21 +151,19 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if accelerator.is_main_process and cfg.rankme_samples > 0:
         probe = fixed_subset(load_split(data, cfg.val_split, labelled=False, required=False) or train_hf, cfg.rankme_samples, cfg.seed)
 
-    feed = resolve_feed(cfg, accelerator.device, augmenting=gpu_aug is not None)
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
         f"{global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"precision {cfg.mixed_precision}, augmentation {augmentation_note(gpu_aug, feed, cfg.decode_on_device)}")
+        f"precision {cfg.mixed_precision}, augmentation {train.describe()}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc="pretrain")
     student.train()
     while state.step < total_steps and state.epoch < cfg.epochs:
         epoch = state.epoch
-        for batch in state.epoch_batches(loader, train_ds, accelerator, augment=gpu_aug, seed=cfg.seed, feed=feed,
-                                         decode_size=cfg.decode_size):
+        for batch in state.epoch_batches(loader, train, accelerator):
             it = state.step
             views = batch["pixel_values"]  # on the device already when augmented there
-            if gpu_aug is None:
+            if train.augment is None:
                 views = [v.to(accelerator.device, non_blocking=True) for v in views]
             set_lr_wd(optimizer, float(lr_sched[it]), float(wd_sched[it]))
 

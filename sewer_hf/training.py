@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -64,26 +65,24 @@ class TrainState:
         for key, value in state.items():
             setattr(self, key, value)
 
-    def epoch_batches(self, loader, dataset, accelerator, augment=None, seed: int = 0, feed: str = "inline",
-                      decode_size: int | None = None):
+    def epoch_batches(self, loader, data: "TrainData", accelerator):
         """The batches of the current epoch: same shuffled order on every process count (seedable
         sampler + per-sample seeded augmentation) and, after a resume, the batches already
         consumed in this epoch are skipped.
 
-        ``augment(pixels, generator=...)``: the device-side augmentation; each batch's
-        "pixel_values" are moved to the device and replaced by its output, drawn from
-        ``augment_generator`` (keyed by seed, epoch, batch and process). A batch of encoded
-        images (``"encoded"``, from a dataset with ``encoded=True``) is first decoded on the
-        device to ``decode_size`` squares; unreadable ones are dropped with their rows and
-        counted as skipped. ``feed="thread"``
-        prepares the next batches in a background thread (``DevicePrefetcher``); the counters
-        still advance only as batches are handed out, so a checkpoint never counts a batch that
-        was prepared but not trained."""
-        from sewer_hf.device_feed import DevicePrefetcher, decode_batch_skipping, split_encoded
+        With ``data.augment`` (the device-side augmentation) each batch's "pixel_values" are
+        moved to the device and replaced by its output, drawn from ``augment_generator`` (keyed
+        by seed, epoch, batch and process). A batch of encoded images (``"encoded"``, from a
+        dataset with ``encoded=True``) is first decoded on the device to ``data.decode_size``
+        squares; unreadable ones are dropped with their rows and counted as skipped.
+        ``data.feed == "thread"`` prepares the next batches in a background thread
+        (``DevicePrefetcher``); the counters still advance only as batches are handed out, so a
+        checkpoint never counts a batch that was prepared but not trained."""
+        from sewer_hf.device_feed import DevicePrefetcher, decode_batch_skipping
 
         loader.set_epoch(self.epoch)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.epoch)
+        if hasattr(data.dataset, "set_epoch"):
+            data.dataset.set_epoch(self.epoch)
         start, epoch = self.batches_in_epoch, self.epoch
         batches = accelerator.skip_first_batches(loader, start) if start else loader
 
@@ -91,17 +90,17 @@ class TrainState:
             index, batch = numbered
             if batch is not None and "encoded" in batch:
                 batch = decoded(batch)
-            if batch is None or augment is None or "pixel_values" not in batch:
+            if batch is None or data.augment is None or "pixel_values" not in batch:
                 return index, batch
             pixels = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            generator = augment_generator(seed, epoch, index, accelerator)
+            generator = augment_generator(data.seed, epoch, index, accelerator)
             with torch.no_grad():  # grad mode is per thread: say it here too
-                return index, {**batch, "pixel_values": augment(pixels, generator=generator)}
+                return index, {**batch, "pixel_values": data.augment(pixels, generator=generator)}
 
         def decoded(batch):
             """The encoded images decoded on the device; unreadable ones leave with their rows."""
             encoded = [torch.from_numpy(data) for data in batch.pop("encoded")]
-            pixels, kept = decode_batch_skipping(encoded, accelerator.device, decode_size)
+            pixels, kept = decode_batch_skipping(encoded, accelerator.device, data.decode_size)
             skipped = batch.get("n_skipped", 0) + len(encoded) - len(kept)
             if pixels is None:  # nothing left to train on: only the count goes on
                 return {"n_skipped": skipped}
@@ -111,7 +110,8 @@ class TrainState:
                          for key, value in batch.items()}
             return {**batch, "pixel_values": pixels, "n_skipped": skipped}
 
-        for index, batch in DevicePrefetcher(enumerate(batches, start=start + 1), prepare, accelerator.device, mode=feed):
+        numbered = enumerate(batches, start=start + 1)
+        for index, batch in DevicePrefetcher(numbered, prepare, accelerator.device, mode=data.feed):
             self.batches_in_epoch = index
             if batch is None:  # every image of this batch was unreadable
                 continue
@@ -133,43 +133,58 @@ def augment_generator(seed: int, epoch: int, batch: int, accelerator) -> torch.G
     return torch.Generator(device=accelerator.device).manual_seed(key % 2**63)
 
 
-def wants_gpu_augment(cfg: Any, device: torch.device) -> bool:
-    """``gpu_augment``, where None means: on when training on CUDA."""
-    return cfg.gpu_augment if cfg.gpu_augment is not None else device.type == "cuda"
+@dataclass
+class TrainData:
+    """The training split as ``TrainState.epoch_batches`` reads it."""
+
+    dataset: Any  # what the DataLoader reads
+    augment: Any = None  # the device-side augmentation; None: the CPU workers augment
+    decode_size: Optional[int] = None  # the square that encoded images are decoded to on the device
+    feed: str = "inline"  # DevicePrefetcher mode of the device-side preparation
+    seed: int = 0
+
+    def describe(self) -> str:
+        """Where the augmentation runs, for the run's opening line."""
+        if self.augment is None:
+            return "in the CPU workers"
+        return ("on the device" + (", images decoded there" if getattr(self.dataset, "encoded", False) else "")
+                + (", the next batches prepared in a background thread" if self.feed == "thread" else ""))
 
 
-def device_augment(module: torch.nn.Module, cfg: Any):
-    """The device-side augmentation as the loop calls it: compiled with ``compile_augment``."""
+def train_data(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[], Any],
+               device_augment: Callable[[str], torch.nn.Module], decode_size: int, with_labels: bool = True) -> TrainData:
+    """The training split with the augmentation where ``cfg`` puts it.
+
+    ``gpu_augment`` (None: on with CUDA): the workers only decode and resize to ``decode_size``
+    (or, with ``decode_on_device``, hand over the encoded bytes) and ``device_augment(dtype)``
+    draws the views batched on the device, compiled with ``compile_augment``. ``device_feed``
+    auto prepares those batches in a background thread on CUDA when every batch is its own
+    optimizer step: accelerate learns that an epoch ends from the loader (it syncs the last
+    accumulation there), so with gradient accumulation the loader must not be read ahead.
+    Otherwise ``cpu_transform()`` augments in the workers, each image seeded."""
+    from sewer_hf.augment import DecodeForGPU
+    from sewer_hf.data import SewerTorchDataset
     from sewer_hf.gpu_augment import compile_augment
 
-    return compile_augment(module) if cfg.compile_augment else module
-
-
-def resolve_feed(cfg: Any, device: torch.device, augmenting: bool) -> str:
-    """``device_feed`` auto: a background thread when the batches are augmented on a CUDA
-    device and every batch is its own optimizer step; in line otherwise. Accelerate learns
-    that an epoch ends from the loader (it syncs the last accumulation there), so with
-    gradient accumulation the loader must not be read ahead."""
-    if cfg.device_feed == "thread" and not augmenting:
-        raise ConfigError("device_feed=thread prepares batches for the device-side augmentation: it needs "
-                          "gpu_augment (on by default on CUDA); with CPU augmentation use device_feed=inline or auto")
-    if cfg.device_feed != "auto":  # thread with accumulation: refused by the config's validate()
-        return cfg.device_feed
-    return "thread" if augmenting and device.type == "cuda" and cfg.gradient_accumulation_steps == 1 else "inline"
-
-
-def augmentation_note(gpu_augment, feed: str, decode_on_device: bool = False) -> str:
-    """Where the augmentation runs, for the run's opening line."""
-    if gpu_augment is None:
-        return "in the CPU workers"
-    return ("on the device" + (", images decoded there" if decode_on_device else "")
-            + (", the next batches prepared in a background thread" if feed == "thread" else ""))
-
-
-def check_decode_on_device(cfg: Any, augmenting: bool) -> None:
-    if cfg.decode_on_device and not augmenting:
-        raise ConfigError("decode_on_device hands the encoded images to the device-side augmentation: it needs "
-                          "gpu_augment (on by default on CUDA)")
+    device = accelerator.device
+    if not (cfg.gpu_augment if cfg.gpu_augment is not None else device.type == "cuda"):
+        if cfg.decode_on_device:
+            raise ConfigError("decode_on_device hands the encoded images to the device-side augmentation: it needs "
+                              "gpu_augment (on by default on CUDA)")
+        if cfg.device_feed == "thread":
+            raise ConfigError("device_feed=thread prepares batches for the device-side augmentation: it needs "
+                              "gpu_augment (on by default on CUDA); with CPU augmentation use device_feed=inline or auto")
+        # the workers draw the augmentation: seed each image (decoding alone draws nothing)
+        return TrainData(SeededAugmentation(SewerTorchDataset(hf_dataset, cpu_transform(), with_labels=with_labels), cfg.seed))
+    augment = device_augment(cfg.gpu_augment_dtype).to(device)
+    if cfg.compile_augment:
+        augment = compile_augment(augment)
+    transform = None if cfg.decode_on_device else DecodeForGPU(decode_size)
+    dataset = SewerTorchDataset(hf_dataset, transform, with_labels=with_labels, encoded=cfg.decode_on_device)
+    feed = cfg.device_feed  # thread with accumulation: refused by the config's validate()
+    if feed == "auto":
+        feed = "thread" if device.type == "cuda" and cfg.gradient_accumulation_steps == 1 else "inline"
+    return TrainData(dataset, augment, decode_size, feed, cfg.seed)
 
 
 class CheckpointManager:

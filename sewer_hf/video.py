@@ -300,7 +300,8 @@ def report_frames(result: ScanResult, limit: int = MAX_REPORT_THUMBNAILS) -> lis
     index_of = {round(float(t), 3): i for i, t in enumerate(result.times)}
     peaks = sorted({index_of[ev["peak_time"]] for ev in result.flat_events() if ev["peak_time"] in index_of})
     chosen = peaks[:limit]
-    others = [i for i in np.flatnonzero(result.flags.any(axis=1)) if i not in set(chosen)]
+    taken = set(chosen)  # built once, not per flagged frame
+    others = [i for i in np.flatnonzero(result.flags.any(axis=1)) if i not in taken]
     room = limit - len(chosen)
     if room > 0 and others:
         step = max(1, math.ceil(len(others) / room))
