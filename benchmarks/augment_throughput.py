@@ -9,8 +9,15 @@ prints the bytes its ATen ops read and write per image, for float32 and float16 
 (counted with a dispatch mode; views move nothing, index ops count the rows they move). The
 count is the same on every device, so a CPU run tells what a GPU would have to move.
 
+Unless ``--no-libraries``, it also times what the libraries offer for the same pipeline, on
+the same device and batch (issue #8: "kornia or torchvision.transforms.v2 where they serve -
+measure"): torchvision.transforms.v2 called once per image (per-sample parameters: the
+reference pipeline on device tensors); v2 called once per batch (one draw for the whole batch,
+so NOT the paper's augmentation: timed only as a bound); kornia.augmentation (per-sample
+parameters; needs ``pip install kornia``, else a line says it was not timed).
+
     python benchmarks/augment_throughput.py [--quick] [--mode pretrain|finetune|both]
-        [--height 256 --width 320] [--batch 128] [--device cuda] [--compile]
+        [--height 256 --width 320] [--batch 128] [--device cuda] [--compile] [--no-libraries]
 """
 from __future__ import annotations
 
@@ -27,7 +34,55 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="batch size of the batched module")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the batched module")
+    parser.add_argument("--no-libraries", dest="libraries", action="store_false",
+                        help="skip timing torchvision.transforms.v2 and kornia on the same batch")
     return parser.parse_args(argv)
+
+
+def library_pipelines(mode: str, device) -> dict:
+    """name -> callable(uint8 batch) giving the mode's views, built from the libraries with the
+    paper's values (``PretrainAugConfig`` / ``FinetuneAugConfig``)."""
+    import torch
+
+    from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform, finetune_transform
+
+    if mode == "pretrain":
+        per_image, views = PretrainTransform().global_view, 2
+    else:
+        per_image, views = finetune_transform().transforms[1], 1  # without to_rgb, which takes one image
+    pipelines = {
+        "torchvision v2, one call per image": lambda batch: [torch.stack([per_image(im) for im in batch])
+                                                             for _ in range(views)],
+        "torchvision v2, one call per batch (one draw for all: not per sample)":
+            lambda batch: [per_image(batch) for _ in range(views)],
+    }
+    try:
+        import kornia.augmentation as K
+    except ImportError:
+        return pipelines
+    if mode == "pretrain":
+        cfg = PretrainAugConfig()
+        ops = [K.RandomResizedCrop((cfg.size, cfg.size), scale=cfg.scale, ratio=cfg.ratio, resample="bicubic"),
+               K.RandomHorizontalFlip(p=cfg.flip_p),
+               K.ColorJitter(*cfg.color_jitter, p=cfg.color_jitter_p),
+               K.RandomGrayscale(p=cfg.grayscale_p),
+               K.RandomGaussianBlur((cfg.blur_kernel_size,) * 2, sigma=cfg.blur_sigma, p=cfg.blur_p),
+               K.RandomEqualize(p=cfg.equalize_p),
+               K.RandomSolarize(thresholds=0.0, additions=0.0, p=cfg.solarize_p),  # threshold 0.5 = 128/255
+               K.Normalize(torch.tensor(cfg.mean), torch.tensor(cfg.std))]
+    else:
+        cfg = FinetuneAugConfig()
+        ops = [K.Resize((cfg.size, cfg.size), resample="bicubic", antialias=True),
+               K.ColorJitter(*cfg.color_jitter, p=cfg.color_jitter_p),
+               K.RandomHorizontalFlip(p=cfg.flip_p),
+               K.RandomEqualize(p=cfg.equalize_p),
+               K.RandomAutoContrast(p=cfg.autocontrast_p),
+               K.RandomAffine(degrees=cfg.rotation_degrees, resample=cfg.affine_interpolation),
+               K.Normalize(torch.tensor(cfg.mean), torch.tensor(cfg.std)),
+               K.RandomErasing(scale=cfg.erase_scale, ratio=cfg.erase_ratio, value=cfg.erase_value, p=cfg.erase_p)]
+    sequence = K.AugmentationSequential(*ops).to(device)
+    pipelines["kornia.augmentation (per sample)"] = lambda batch: [sequence(batch.float() / 255) for _ in range(views)]
+    return pipelines
 
 
 def traffic_per_image(module, batch) -> float:
@@ -121,6 +176,14 @@ def main(argv=None) -> int:
             f"{mode:9s} ({views} view{'s' if views > 1 else ''}/image): reference PIL {ref_rate:8.1f} img/s (1 process)"
             f" | batched {batched_rate:9.1f} img/s | ratio {batched_rate / ref_rate:6.2f}x"
         )
+        if args.libraries:
+            libraries = library_pipelines(mode, device)
+            if not any(name.startswith("kornia") for name in libraries):
+                print(f"{mode:9s} kornia: not installed (pip install kornia), not timed")
+            with torch.inference_mode():
+                for name, pipeline in libraries.items():
+                    rate = _time_batched(pipeline, batch, iterations, sync)
+                    print(f"{mode:9s}   {name}: {rate:9.1f} img/s | ours / it {batched_rate / rate:6.2f}x")
         cls = type(module)
         moved = {dtype: traffic_per_image(cls(photometric_dtype=dtype).to(device), batch) / 1e6 for dtype in ("float32", "float16")}
         print(f"{mode:9s} memory traffic of the eager batched module: float32 colour ops {moved['float32']:.1f} MB/img, "

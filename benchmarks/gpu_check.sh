@@ -9,7 +9,10 @@
 #            (float32 colour ops, in line) and with the compiled augmentation, against the
 #            same compiled step. About 4.5 minutes, 6 with COMPARE=1.
 #   tests:   the CUDA cases of the device-feed / augmentation tests (when pytest is there).
-# Within one device call's 10 minutes: STAGES="recipes tests" RECIPES=bf16, then
+#   libs:    benchmarks/augment_throughput.py: our batched modules against
+#            torchvision.transforms.v2 (per image, per batch) and kornia (carry its wheels in
+#            .whl) on the same GPU batch. About 1 minute.
+# Within one device call's 10 minutes: STAGES="recipes tests libs" RECIPES=bf16, then
 # STAGES=bench COMPARE=1.
 set -u
 OUT=${OUT:-runs/gpu_check}; mkdir -p "$OUT"
@@ -47,6 +50,10 @@ if [[ " $STAGES " == *" bench "* ]]; then
   timeout $([ -n "${COMPARE:-}" ] && echo 420 || echo 300) python3 benchmarks/pretrain_throughput.py \
     $([ -n "${COMPARE:-}" ] && echo --compare) ${THROUGHPUT_ARGS:-} --json "$OUT/throughput.json" 2>&1 \
     | grep -v Warning | tee "$OUT/throughput.log"
+fi
+
+if [[ " $STAGES " == *" libs "* ]]; then
+  timeout 150 python3 benchmarks/augment_throughput.py 2>&1 | grep -v Warning | tee "$OUT/augment_libraries.log"
 fi
 
 if [[ " $STAGES " == *" tests "* ]] && python3 -c "import pytest" 2>/dev/null; then
