@@ -95,6 +95,11 @@ def _decode_on_gpu(encoded: list[Tensor], device: torch.device) -> list[Tensor] 
     torchvision built without nvjpeg): the caller then decodes on the CPU."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    # torchvision's batched nvjpeg allocates the images on our (current) stream but writes them
+    # on its own stream without waiting for ours: memory our stream freed a moment ago (the last
+    # batch's gathered samples) may still be read by kernels queued there. Drain it first; this
+    # blocks only the thread that prepares batches.
+    torch.cuda.current_stream(device).synchronize()
     try:
         return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as exc:

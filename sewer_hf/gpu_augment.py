@@ -422,6 +422,13 @@ def compile_augment(module: nn.Module) -> nn.Module:
     of it: a ``torch.Generator`` argument would break the graph at every draw. Static shapes:
     a training run's batch never changes shape, and a dynamic-shape trace of this module is
     deep enough to hit Python's recursion limit."""
+    # The recipes call this from the feed thread while the main thread runs (and may recompile)
+    # the compiled model. torch 2.11 keeps its "FX tracing now" flag for the whole process, so
+    # a compiled call in one thread during a trace in the other raised "Detected that you are
+    # using FX to symbolically trace a dynamo-optimized function" (reproduced with the 2.11
+    # wheel; 2.14 keeps the flag, and this config, per thread). Without the check, that call
+    # runs uncompiled once.
+    torch._dynamo.config.error_on_nested_fx_trace = False
     compiled = copy.copy(module)
     compiled._apply_fn = torch.compile(module.apply, dynamic=False)
     return compiled

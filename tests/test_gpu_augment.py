@@ -502,6 +502,48 @@ def test_compiled_module_matches_eager_for_the_same_draws():
             assert moved.mean() < 0.05 and (moved > 1.5).float().mean() < 1e-3, (moved.mean(), moved.max())
 
 
+def test_compiled_module_runs_in_the_feed_thread_while_the_main_thread_traces(monkeypatch):
+    """The feed thread calls the compiled augmentation while the main thread may be tracing the
+    model. torch 2.11 (the device stack) keeps both the "FX tracing now" flag and dynamo's config
+    for the whole process, so that call raised "Detected that you are using FX to symbolically
+    trace a dynamo-optimized function"; compile_augment turns the check off. torch 2.14 keeps
+    both per thread: there the cross-thread call cannot raise, and what this test can see is
+    that compile_augment set the config."""
+    import threading
+
+    import torch.fx._symbolic_trace as fx_trace
+
+    def set_tracing(value: bool) -> None:  # as a trace in this thread does (2.11: a module global)
+        if hasattr(fx_trace, "_set_is_fx_tracing"):
+            fx_trace._set_is_fx_tracing(value)
+        else:
+            monkeypatch.setattr(fx_trace, "_is_fx_tracing_flag", value)
+
+    monkeypatch.setattr(torch._dynamo.config, "error_on_nested_fx_trace", True)
+    torch._dynamo.reset()
+    batch = _noise(4, 40, 40, seed=27)
+    compiled = G.compile_augment(G.GPUFinetuneAugment(size=32))
+    assert torch._dynamo.config.error_on_nested_fx_trace is False
+    compiled(batch, generator=_gen(27))
+    results, errors = [], []
+
+    def feed():
+        try:
+            results.append(compiled(batch, generator=_gen(27)))
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    set_tracing(True)
+    try:
+        thread = threading.Thread(target=feed)
+        thread.start()
+        thread.join()
+    finally:
+        set_tracing(False)
+    assert not errors, errors
+    assert results[0].shape == (4, 3, 32, 32)
+
+
 def test_draw_then_apply_is_the_forward_pass_and_apply_draws_nothing():
     batch = _noise(6, 40, 48, seed=26)
     for module in (G.GPUPretrainAugment(size=32, n_local_crops=1, local_size=16), G.GPUFinetuneAugment(size=32)):
