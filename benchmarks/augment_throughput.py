@@ -59,6 +59,7 @@ def library_pipelines(mode: str, device) -> dict:
     try:
         import kornia.augmentation as K
     except ImportError:
+        print(f"{mode:9s} kornia: not installed (pip install kornia), not timed")
         return pipelines
     if mode == "pretrain":
         cfg = PretrainAugConfig()
@@ -177,11 +178,8 @@ def main(argv=None) -> int:
             f" | batched {batched_rate:9.1f} img/s | ratio {batched_rate / ref_rate:6.2f}x"
         )
         if args.libraries:
-            libraries = library_pipelines(mode, device)
-            if not any(name.startswith("kornia") for name in libraries):
-                print(f"{mode:9s} kornia: not installed (pip install kornia), not timed")
             with torch.inference_mode():
-                for name, pipeline in libraries.items():
+                for name, pipeline in library_pipelines(mode, device).items():
                     rate = _time_batched(pipeline, batch, iterations, sync)
                     print(f"{mode:9s}   {name}: {rate:9.1f} img/s | ours / it {batched_rate / rate:6.2f}x")
         cls = type(module)
