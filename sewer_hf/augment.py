@@ -150,13 +150,17 @@ def to_rgb(image: Any):
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        if image.mode == "RGB":
+            return image
+        from sewer_hf.data import decode_rgb  # 16-bit scaled, alpha on black: as everywhere else
+
+        return decode_rgb(image, strict=True)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise DataError(f"image array of dtype {image.dtype} and shape {image.shape}: expected uint8 HxW or HxWx{{1,3,4}}")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        return Image.fromarray(image).convert("RGB")
+        from sewer_hf.data import decode_rgb
+
+        return decode_rgb(image, strict=True)  # HxWx4: alpha composited on black, as for files
     import torch
     from torchvision import tv_tensors
 

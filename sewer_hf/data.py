@@ -23,8 +23,10 @@ Sections:
   checks validate it, and one directory listing per candidate folder replaces a million
   ``os.path.exists`` calls. Any problem is then re-found by a slow ``csv``-module pass that
   names the exact line, column and value.
-* ``decode_rgb`` — decode anything image-like to an RGB PIL image, or ``None`` (logged) when it
-  is unreadable, so one broken frame never kills a long run.
+* ``decode_rgb`` — THE decoder: anything image-like (path, bytes, PIL in any mode, 16-bit PNG,
+  RGBA, palette, numpy) to an 8-bit RGB PIL image, or ``None`` (logged) when it is unreadable, so
+  one broken frame never kills a long run (``strict=True``: a DataError instead). Every entry
+  point decodes through it.
 * ``SewerTorchDataset`` / ``collate_skip_bad`` / ``SkipCounter`` — the torch side of that promise.
 * ``load_image_dataset`` — any image source (Sewer-ML root, shards, ``save_to_disk`` folder,
   Parquet, image folder) as a ``Dataset`` with an ``image`` column, for pretraining.
@@ -631,18 +633,28 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def decode_rgb(image: Any) -> "PILImage.Image | None":
-    """Fully decode ``image`` to an 8-bit RGB PIL image, or return ``None`` (and log a warning)
-    when it cannot be read.
+def decode_rgb(image: Any, strict: bool = False) -> "PILImage.Image | None":
+    """THE image decoder of the package: every entry point (training, ``prepare``,
+    ``check-data``, ``predict``, ``scan``, ``SewerClassifier.predict``, the attention overlay,
+    the Space) turns its input into pixels here, so one file gives the same scores everywhere.
 
-    Accepts a ``datasets`` image dict ``{"bytes", "path"}`` (bytes win), a PIL image, raw bytes,
-    or a path. Conversions: grayscale and palette -> RGB; any alpha channel is composited on
-    black (transparent pixels show as black, as a viewer on a black screen would; Sewer-ML frames
-    are opaque, so this only matters for foreign images); 16-bit grayscale is scaled to 8 bits
-    (``round(v * 255 / 65535)``, not clipped).
+    Fully decodes ``image`` to an 8-bit RGB PIL image. Accepts a ``datasets`` image dict
+    ``{"bytes", "path"}`` (bytes win), a PIL image (in any mode; a lazily opened one is decoded
+    now), raw bytes, a path, or a uint8/uint16 numpy array (HxW, HxWx1, HxWx3, HxWx4).
+    Conversions: grayscale and palette -> RGB; any alpha channel (RGBA, LA, PA, a palette or
+    grayscale with a transparent colour) is composited on black (transparent pixels show as
+    black, as a viewer on a black screen would; Sewer-ML frames are opaque, so this only matters
+    for foreign images); 16-bit grayscale is scaled to 8 bits (``round(v * 255 / 65535)``, not
+    clipped to white); a 16-bit RGB(A) PNG keeps the high byte of each sample (Pillow's reader).
+
+    When it cannot be read: ``None`` and a logged warning (one broken frame never stops a long
+    run), or with ``strict=True`` a ``DataError`` that names the image and the reason.
     """
     rgb, error = decode_rgb_or_error(image)
     if rgb is None:
+        if strict:
+            raise DataError(f"{_describe(image)}: not an image that can be decoded ({error}); expected a PNG, "
+                            f"JPEG, BMP, TIFF or WebP file")
         logger.warning("unreadable image %s: %s", _describe(image), error)
     return rgb
 
@@ -655,6 +667,8 @@ def decode_rgb_or_error(image: Any) -> tuple["PILImage.Image | None", str | None
     try:
         if isinstance(image, Image.Image):
             img = image
+        elif isinstance(image, np.ndarray):
+            img = _array_image(image)
         else:
             opened = img = Image.open(_as_file(image))
         img.load()  # decodes everything now: truncated files fail here, not in a worker later
@@ -665,6 +679,23 @@ def decode_rgb_or_error(image: Any) -> tuple["PILImage.Image | None", str | None
         if opened is not None:
             opened.close()
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def _array_image(array: np.ndarray) -> "PILImage.Image":
+    """A numpy image (uint8 or uint16; HxW, HxWx1, HxWx3 or HxWx4) as a PIL image."""
+    from PIL import Image
+
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or min(array.shape[:2]) < 1:
+        raise ValueError(f"image array of shape {array.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
+    if array.dtype == np.uint16:
+        if array.ndim == 2:
+            return Image.fromarray(array)  # mode I;16: scaled by _to_rgb
+        array = ((array.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    if array.dtype != np.uint8:
+        raise ValueError(f"image array of dtype {array.dtype}: expected uint8 or uint16")
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def encoded_bytes(image: Any) -> bytes | None:

@@ -98,13 +98,17 @@ class SewerClassifier:
     # -- preprocessing ------------------------------------------------------------------------
 
     def resized(self, image):
-        """RGB PIL image -> (3, H, W) uint8 tensor at the model's size: torchvision's antialiased
-        bicubic on uint8, exactly the stock image processor's resize."""
+        """An image (anything ``sewer_hf.data.decode_rgb`` reads: a PIL image in any mode, a path,
+        bytes, an array) -> (3, H, W) uint8 tensor at the model's size: decoded by ``decode_rgb``
+        (16-bit scaled, alpha composited on black: the same pixels as ``predict_files``), then
+        torchvision's antialiased bicubic on uint8, exactly the stock image processor's resize.
+        An unreadable image is a DataError."""
         import torch
         import torchvision.transforms.v2.functional as F
 
-        if image.mode != "RGB":
-            image = image.convert("RGB")
+        from sewer_hf.data import decode_rgb
+
+        image = decode_rgb(image, strict=True)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
         width, height = self.size
         if pixels.shape[1:] == (height, width):
@@ -112,7 +116,7 @@ class SewerClassifier:
         return F.resize(pixels, [height, width], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
 
     def preprocess(self, image) -> np.ndarray:
-        """PIL image -> (H, W, 3) uint8 array at the model's size (plain bicubic resize, as trained)."""
+        """Image (see ``resized``) -> (H, W, 3) uint8 array at the model's size (plain bicubic resize, as trained)."""
         return self.resized(image).permute(1, 2, 0).numpy()
 
     # -- scoring ------------------------------------------------------------------------------
@@ -136,7 +140,8 @@ class SewerClassifier:
         return self.scores_from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
     def predict(self, images: Sequence) -> np.ndarray:
-        """(N, 17) sigmoid scores for PIL images."""
+        """(N, 17) sigmoid scores for images (PIL in any mode, paths, bytes, arrays: each decoded
+        by ``decode_rgb``, so a file scores the same here as with ``predict_files``)."""
         import torch
 
         return self.scores_from_uint8(torch.stack([self.resized(im) for im in images]))
