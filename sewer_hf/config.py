@@ -7,6 +7,8 @@ the key, the file and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -79,12 +81,9 @@ class RunConfig:
             raise ConfigError(f"device_feed=thread with gradient_accumulation_steps={self.gradient_accumulation_steps}: "
                               "the feed thread reads the loader ahead, which would end accelerate's accumulation "
                               "early; use device_feed=inline (or auto)")
-        _check_positive(self, "epochs", "batch_size", "image_size", "gradient_accumulation_steps",
-                        "save_every_steps", "keep_last", "log_every")
-        if self.image_size % 16:
-            raise ConfigError(f"image_size={self.image_size}: expected a multiple of the patch size 16")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ConfigError(f"max_steps={self.max_steps}: expected a positive number or none")
+        _check_domains(self)  # every numeric key against its DOMAINS entry (subclass keys included)
+        if self.synthetic_size is not None:
+            _check_size_text("synthetic_size", self.synthetic_size)
 
 
 @dataclass
@@ -133,12 +132,7 @@ class PretrainConfig(RunConfig):
     save_rank_states: bool = False  # each process writes its teacher + center (multi-process checks)
 
     def validate(self) -> None:
-        super().validate()
-        _check_positive(self, "out_dim", "hidden_dim", "bottleneck_dim")
-        if self.teacher_temp > 0.07 + 1e-12:
-            raise ConfigError(f"teacher_temp={self.teacher_temp}: DINO is unstable above 0.07")
-        if self.hybrid and self.hybrid_weight < 0:
-            raise ConfigError(f"hybrid_weight={self.hybrid_weight}: expected >= 0")
+        super().validate()  # the numeric domains, teacher_temp <= 0.07 and the crop scales included
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -146,10 +140,154 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
         raise ConfigError(f"{name}={value!r}: expected one of {', '.join(map(str, choices))}")
 
 
-def _check_positive(cfg: Any, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{name}={getattr(cfg, name)!r}: expected a positive number")
+# ------------------------------------------------------------------------------------------------
+# The domain of every numeric key, in one table. `validate()` checks each numeric field of a config
+# against the entry of its name (a "Class.field" entry wins over the plain name, looked up along
+# the class's MRO); tests/test_config_domains.py fails for a numeric field with no entry, and
+# draws values inside and outside each domain. Non-finite numbers (nan, inf) are always refused.
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Domain:
+    """An interval of numbers, closed unless `lo_open` / `hi_open`; `multiple_of` for sizes that
+    must tile into patches (the only use: it reads "a multiple of the patch size"); `note` says why, in the error message. A tuple field checks each
+    element, and `ordered` asks for non-decreasing elements."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    multiple_of: Optional[int] = None
+    ordered: bool = False
+    note: str = ""
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if value < self.lo or (self.lo_open and value == self.lo):
+            return False
+        if value > self.hi or (self.hi_open and value == self.hi):
+            return False
+        return not (self.multiple_of and value % self.multiple_of)
+
+    def describe(self) -> str:
+        if self.lo == 0 and self.lo_open and self.hi == math.inf:
+            text = "a number > 0"
+        elif self.hi == math.inf:
+            text = f"a number {'>' if self.lo_open else '>='} {self.lo:g}"
+        else:
+            text = f"a number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        if self.multiple_of:
+            text += f" and a multiple of the patch size {self.multiple_of}"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+POSITIVE = Domain(0, lo_open=True)  # > 0
+AT_LEAST_ONE = Domain(1)  # counts and sizes
+NON_NEGATIVE = Domain(0)
+UNIT = Domain(0, 1)  # [0, 1]: momenta, fractions, probabilities
+
+DOMAINS: dict[str, Domain] = {
+    # --- RunConfig ---------------------------------------------------------------------------------
+    "synthetic_train": AT_LEAST_ONE,
+    "synthetic_val": AT_LEAST_ONE,
+    "synthetic_defect_fraction": UNIT,
+    "num_workers": NON_NEGATIVE,
+    "image_size": Domain(16, multiple_of=16),
+    "drop_path_rate": Domain(0, 1, hi_open=True),
+    "epochs": AT_LEAST_ONE,
+    "max_steps": AT_LEAST_ONE,  # or none
+    "batch_size": AT_LEAST_ONE,
+    "gradient_accumulation_steps": AT_LEAST_ONE,
+    "seed": Domain(0, 2**32 - 1, note="numpy's seed range"),
+    "log_every": AT_LEAST_ONE,
+    "save_every_steps": AT_LEAST_ONE,
+    "keep_last": AT_LEAST_ONE,
+    # --- shared by the recipes -------------------------------------------------------------------------
+    "base_lr": Domain(0, lo_open=True, note="a negative learning rate climbs the loss instead of descending"),
+    "weight_decay": NON_NEGATIVE,
+    "clip_grad": Domain(0, note="0 = no clipping"),
+    "warmup_epochs": NON_NEGATIVE,
+    # --- PretrainConfig ----------------------------------------------------------------------------------
+    "out_dim": AT_LEAST_ONE,
+    "hidden_dim": AT_LEAST_ONE,
+    "bottleneck_dim": AT_LEAST_ONE,
+    "global_crop_scale": Domain(0, 1, lo_open=True, ordered=True, note="(min, max) share of the image area"),
+    "n_local_crops": NON_NEGATIVE,
+    "local_crop_size": Domain(16, multiple_of=16),
+    "local_crop_scale": Domain(0, 1, lo_open=True, ordered=True, note="(min, max) share of the image area"),
+    "decode_size": AT_LEAST_ONE,
+    "start_warmup_lr": NON_NEGATIVE,
+    "min_lr": NON_NEGATIVE,
+    "weight_decay_end": NON_NEGATIVE,
+    "momentum_teacher": UNIT,
+    "momentum_teacher_end": UNIT,
+    "warmup_teacher_temp": POSITIVE,
+    "teacher_temp": Domain(0, 0.07, lo_open=True, note="DINO is unstable above 0.07"),
+    "warmup_teacher_temp_epochs": NON_NEGATIVE,
+    "student_temp": POSITIVE,
+    "center_momentum": UNIT,
+    "freeze_last_layer": NON_NEGATIVE,
+    "hybrid_weight": NON_NEGATIVE,
+    "rankme_samples": Domain(0, note="0 = no RankMe / teacher entropy"),
+    "knn_k": AT_LEAST_ONE,
+    "knn_temperature": POSITIVE,
+    "knn_max_train": AT_LEAST_ONE,
+    # --- FinetuneConfig ----------------------------------------------------------------------------------
+    "fraction": Domain(0, 1, lo_open=True, note="e.g. 0.1, 0.5 or 1.0"),
+    "lr_milestones": Domain(0, ordered=True, note="epochs, in order"),
+    "lr_gamma": Domain(0, 1, lo_open=True, note="the factor the lr is multiplied by at each milestone"),
+    "eval_every_epochs": AT_LEAST_ONE,
+}
+
+
+def numeric_fields(cls: type) -> list[str]:
+    """The fields of a config class that hold numbers (int, float, optional or tuples of them)."""
+    def numeric(annotation: Any) -> bool:
+        if annotation in (int, float):
+            return True
+        args = [a for a in typing.get_args(annotation) if a is not type(None) and a is not Ellipsis]
+        origin = typing.get_origin(annotation)
+        return origin in (typing.Union, types.UnionType, tuple) and bool(args) and all(numeric(a) for a in args)
+
+    return [name for name, annotation in _fields(cls).items() if numeric(annotation)]
+
+
+def domain_of(cls: type, name: str) -> Optional[Domain]:
+    for klass in cls.__mro__:
+        if f"{klass.__name__}.{name}" in DOMAINS:
+            return DOMAINS[f"{klass.__name__}.{name}"]
+    return DOMAINS.get(name)
+
+
+def _check_domains(cfg: Any) -> None:
+    """Each numeric field of `cfg` inside its domain, or a ConfigError naming the key, the value
+    and the domain."""
+    for name in numeric_fields(type(cfg)):
+        value, domain = getattr(cfg, name), domain_of(type(cfg), name)
+        if value is None or domain is None:  # none = the key's "off" value; no entry: the test reports it
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{name}={value!r}: expected {domain.describe()}")
+            if not domain.contains(v):
+                what = domain.describe()
+                if len(values) > 1:
+                    what = "each value to be " + what
+                raise ConfigError(f"{name}={value!r}: expected {what}")
+        if domain.ordered and list(values) != sorted(values):
+            raise ConfigError(f"{name}={value!r}: expected the values in increasing order ({domain.note})")
+
+
+def _check_size_text(name: str, text: str) -> None:
+    """A "WxH" frame size (or "mix") within what the synthetic renderer draws."""
+    from sewer_hf.synth.dataset import parse_size
+
+    try:
+        parse_size(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}={text!r}: {exc}") from None
 
 
 @dataclass
@@ -171,9 +309,7 @@ class FinetuneConfig(RunConfig):
     eval_every_epochs: int = 1
 
     def validate(self) -> None:
-        super().validate()
-        if not 0.0 < self.fraction <= 1.0:
-            raise ConfigError(f"fraction={self.fraction}: expected a value in (0, 1], e.g. 0.1, 0.5 or 1.0")
+        super().validate()  # the numeric domains: fraction in (0, 1], lr_milestones in order, ...
         if self.linear_probe and not self.backbone:
             raise ConfigError("linear_probe needs --backbone DIR (a pretrained backbone/ folder)")
 
@@ -214,7 +350,7 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {name}={value!r}: expected a number")
         if annotation is int:
-            if float(value) != int(value):
+            if not math.isfinite(value) or float(value) != int(value):  # int(nan) / int(inf) would raise
                 raise ConfigError(f"{source}: {name}={value!r}: expected a whole number")
             return int(value)
         return float(value)
@@ -223,6 +359,7 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)  # validate() asks for every config it checks
 def _fields(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

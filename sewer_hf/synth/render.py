@@ -13,6 +13,7 @@ from sewer_hf.synth.pipe import build_scene, finish_frame, paint_water
 
 DEFAULT_SIZE = (352, 288)
 MIN_SIDE = 32
+MAX_SIDE = 4096  # 4K frames; real Sewer-ML frames are at most 1040 pixels wide
 # Independent random streams, so adding a label changes only that label's pixels.
 _STREAM_SCENE, _STREAM_WATER, _STREAM_CAMERA, _FIRST_CLASS_STREAM = 0, 1, 2, 3
 
@@ -42,6 +43,8 @@ def check_size(size) -> tuple[int, int]:
         raise ConfigError(f"size must be (width, height), got {size!r}") from None
     if width < MIN_SIDE or height < MIN_SIDE:
         raise ConfigError(f"size must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {width}x{height}")
+    if width > MAX_SIDE or height > MAX_SIDE:  # a 100000x100000 frame would need ~150 GB to draw
+        raise ConfigError(f"size must be at most {MAX_SIDE}x{MAX_SIDE} pixels, got {width}x{height}")
     return width, height
 
 
