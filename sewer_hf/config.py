@@ -68,6 +68,8 @@ class RunConfig:
     save_every_steps: int = 500
     keep_last: int = 3
     resume_from_checkpoint: Optional[str] = None  # "latest" or a checkpoint folder
+    # a non-empty output_dir is refused unless this (it is cleared first) or resume_from_checkpoint
+    overwrite_output_dir: bool = False
     push_to_hub: bool = False  # at the end of the run, push the exported model (needs HF_TOKEN or a login)
     hub_model_id: Optional[str] = None
     hub_private_repo: bool = True

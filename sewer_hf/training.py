@@ -278,8 +278,48 @@ def check_finite(accelerator, loss: torch.Tensor, step: int, ckpt: CheckpointMan
         )
 
 
+# What runs write into their output_dir (and what the drivers put next to it): an output_dir that
+# holds anything else and no config.yaml is not a run folder, and overwrite_output_dir will not
+# clear it.
+RUN_OUTPUTS = frozenset({"config.yaml", "metrics.jsonl", CHECKPOINT_DIR, "logs", "backbone", "dino", "knn.json",
+                         "rank_states", "classifier", "eval.json", "stage.json", "val_scores.csv",
+                         "val_metrics.json"})
+_SHOWN_ENTRIES = 6
+
+
+def check_output_dir(cfg: Any) -> list[Path]:
+    """What ``output_dir`` holds that a new run must clear first (``[]``: nothing), or a
+    ConfigError. The transformers convention: a non-empty ``output_dir`` is refused unless
+    ``overwrite_output_dir`` (its contents are then cleared, so no old checkpoint, ``knn.json`` or
+    log survives to be resumed or read as this run's) or ``resume_from_checkpoint`` is given.
+    Called by every process before anything is written; only reads."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir={cfg.output_dir!r} is a file; expected a folder for the run's outputs")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries or cfg.resume_from_checkpoint:
+        return []
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries]
+    shown = ", ".join(names[:_SHOWN_ENTRIES]) + (f", ... ({len(names) - _SHOWN_ENTRIES} more)"
+                                                 if len(names) > _SHOWN_ENTRIES else "")
+    if not cfg.overwrite_output_dir:
+        finished = any((out / name).exists() for name in ("backbone", "classifier", "eval.json", "knn.json"))
+        raise ConfigError(
+            f"output_dir {out} is not empty ({'a finished run' if finished else 'it holds'}: {shown}); a new run "
+            f"would replace its outputs and leave its checkpoints to be resumed later. Pass "
+            f"--resume_from_checkpoint latest to continue that run, --overwrite_output_dir to delete what it "
+            f"holds and start afresh, or choose another --output_dir")
+    foreign = [p.name for p in entries if p.name not in RUN_OUTPUTS]
+    if foreign and not (out / "config.yaml").is_file():
+        raise ConfigError(
+            f"overwrite_output_dir: {out} does not look like a run folder (no config.yaml; it holds "
+            f"{', '.join(foreign[:_SHOWN_ENTRIES])}); refusing to delete it. Choose a new or empty --output_dir")
+    return entries
+
+
 def start_run(cfg: Any):
-    """Validate the config, build the Accelerator, seed, write `<output_dir>/config.yaml`, and
+    """Validate the config, check ``output_dir`` (see ``check_output_dir``; cleared with
+    ``overwrite_output_dir``), build the Accelerator, seed, write `<output_dir>/config.yaml`, and
     resolve the data (a synthetic set is generated once when `data` is None)."""
     from accelerate.utils import set_seed
 
@@ -287,7 +327,15 @@ def start_run(cfg: Any):
     from sewer_hf.sources import ensure_synthetic_data
 
     cfg.validate()
+    stale = check_output_dir(cfg)  # every process, before any of them writes there
     accelerator = make_accelerator(cfg)
+    if stale:
+        accelerator.wait_for_everyone()  # all have looked before the main process clears
+        if accelerator.is_main_process:
+            for path in stale:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            accelerator.print(f"overwrite_output_dir: cleared {cfg.output_dir} ({len(stale)} entries)")
+        accelerator.wait_for_everyone()
     set_seed(cfg.seed)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -308,6 +356,8 @@ def resume_and_track(accelerator, cfg: Any, state: TrainState, ckpt: CheckpointM
         accelerator.load_state(str(resume))
         log.truncate_after(state.step)
         accelerator.print(f"resumed from {resume} at step {state.step} (epoch {state.epoch})")
+    elif cfg.resume_from_checkpoint:  # "latest" with no checkpoint yet: a fresh start, so a fresh log
+        log.truncate_after(-1)
     if accelerator.is_main_process:
         accelerator.init_trackers(project, config={k: v for k, v in to_dict(cfg).items()
                                                    if isinstance(v, (int, float, str, bool))})

@@ -130,3 +130,88 @@ def test_every_entry_point_calls_the_one_decoder(classifier, odd_images, monkeyp
         calls.clear()
         entry()
         assert calls, entry
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. a non-empty output_dir: refused, unless --overwrite_output_dir (cleared) or --resume_from_checkpoint
+# ------------------------------------------------------------------------------------------------
+
+def _finished_run(out):
+    """The folder a finished pretraining run leaves."""
+    (out / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (out / "checkpoints" / "step_00000010" / "model.safetensors").write_bytes(b"old")
+    (out / "backbone").mkdir()
+    (out / "backbone" / "config.json").write_text("{}")
+    (out / "config.yaml").write_text("epochs: 2\n")
+    (out / "knn.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"step": 10, "loss": 1.0}\n')
+    return out
+
+
+def _tiny_pretrain_config(out, **kw):
+    from sewer_hf.config import PretrainConfig
+
+    return PretrainConfig(data=str(out.parent / "no_data_needed"), output_dir=str(out), report_to="none",
+                          image_size=32, **kw)
+
+
+def test_a_finished_run_in_output_dir_is_refused_without_a_flag(tmp_path, capsys):
+    from sewer_hf.config import PretrainConfig
+    from sewer_hf.pretrain import pretrain
+    from sewer_hf.recipe import run_recipe
+
+    out = _finished_run(tmp_path / "run")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ConfigError, match=r"output_dir .*run is not empty \(a finished run: backbone/, checkpoints/, "
+                                          r"config.yaml.*--resume_from_checkpoint latest.*--overwrite_output_dir"):
+        pretrain(_tiny_pretrain_config(out))
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
+    # the recipe's command line: a named error, exit 2
+    assert run_recipe(PretrainConfig, pretrain, [f"--output_dir={out}", "--report_to=none"]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    # anything at all counts, not only a finished run
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "metrics.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="not empty"):
+        pretrain(_tiny_pretrain_config(started))
+
+
+def test_overwrite_output_dir_clears_the_old_run_so_latest_cannot_resume_it(tmp_path):
+    from sewer_hf.training import CheckpointManager, start_run
+
+    out = _finished_run(tmp_path / "run")
+    cfg = _tiny_pretrain_config(out, overwrite_output_dir=True)
+    accelerator, _ = start_run(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # the new run's config only
+    assert "overwrite_output_dir: true" in (out / "config.yaml").read_text()
+    assert CheckpointManager(accelerator, out).resolve("latest") is None  # no old checkpoint to resume
+    # a folder that is not a run folder is never deleted
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(ConfigError, match="does not look like a run folder.*thesis.tex"):
+        start_run(_tiny_pretrain_config(foreign, overwrite_output_dir=True))
+    assert (foreign / "thesis.tex").read_text() == "precious"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        start_run(_tiny_pretrain_config(a_file))
+
+
+def test_resume_latest_in_a_started_folder_without_checkpoints_starts_fresh(tmp_path):
+    from sewer_hf.training import CheckpointManager, MetricsLog, TrainState, resume_and_track, start_run
+
+    out = tmp_path / "crashed"  # a run that died before its first checkpoint
+    out.mkdir()
+    (out / "config.yaml").write_text("epochs: 2\n")
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')
+    cfg = _tiny_pretrain_config(out, resume_from_checkpoint="latest")
+    accelerator, _ = start_run(cfg)
+    state, ckpt, log = TrainState(), CheckpointManager(accelerator, out), MetricsLog(accelerator, out)
+    resume_and_track(accelerator, cfg, state, ckpt, log, "test")
+    assert state.step == 0 and log.path.read_text() == ""  # fresh start, fresh log
+    # an empty or absent folder needs no flag
+    start_run(_tiny_pretrain_config(tmp_path / "new"))
+    (tmp_path / "empty").mkdir()
+    start_run(_tiny_pretrain_config(tmp_path / "empty"))

@@ -59,6 +59,10 @@ def test_pretrain_writes_backbone_logs_and_knn(tiny_data, tmp_path):
     assert (out / "dino" / "teacher.safetensors").exists() and (out / "dino" / "student.safetensors").exists()
     knn = json.loads((out / "knn.json").read_text())
     assert set(knn) >= {"pretrained", "random_init"} and 0 <= knn["pretrained"]["F2_CIW"] <= 1
+    # all of it is what overwrite_output_dir may clear
+    from sewer_hf.training import RUN_OUTPUTS
+
+    assert {p.name for p in out.iterdir()} <= RUN_OUTPUTS
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
@@ -169,6 +173,9 @@ def test_hybrid_mode_adds_the_weighted_bce_and_logs_to_tensorboard(tiny_data, tm
     assert all(r["loss"] > 0.5 * r["bce"] for r in steps)
     events = list((tmp_path / "hybrid" / "logs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+    from sewer_hf.training import RUN_OUTPUTS
+
+    assert {p.name for p in (tmp_path / "hybrid").iterdir()} <= RUN_OUTPUTS
 
 
 def test_collapse_warning():
