@@ -38,6 +38,7 @@ def make_accelerator(cfg: Any):
 
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     report_to = None if (cfg.report_to in (None, "none", "")) else cfg.report_to
+    cfg.mixed_precision = effective_precision(cfg.mixed_precision)  # config.yaml and the log say what runs
     return Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -46,6 +47,21 @@ def make_accelerator(cfg: Any):
         # A seedable sampler gives the same shuffled order on every process count and on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+
+
+def effective_precision(mixed_precision: str) -> str:
+    """The precision a run really gets. fp16 autocast needs an accelerator: on the CPU accelerate
+    silently runs fp32, so say so and run "no" (fp32) openly; bf16 autocasts on the CPU too."""
+    from accelerate import PartialState
+
+    if mixed_precision == "fp16" and PartialState().device.type == "cpu":
+        message = ("mixed_precision=fp16 has no effect on the CPU (fp16 autocast needs a GPU): this run trains in "
+                   "fp32 (mixed_precision=no); use mixed_precision=bf16 for mixed precision on a CPU")
+        logger.warning(message)
+        if PartialState().is_main_process:
+            print(f"warning: {message}", flush=True)
+        return "no"
+    return mixed_precision
 
 
 class TrainState:

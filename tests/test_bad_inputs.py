@@ -215,3 +215,19 @@ def test_resume_latest_in_a_started_folder_without_checkpoints_starts_fresh(tmp_
     start_run(_tiny_pretrain_config(tmp_path / "new"))
     (tmp_path / "empty").mkdir()
     start_run(_tiny_pretrain_config(tmp_path / "empty"))
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. fp16 on the CPU: no silent no-op
+# ------------------------------------------------------------------------------------------------
+
+def test_fp16_on_the_cpu_falls_back_to_fp32_and_says_so(tmp_path, capsys):
+    from sewer_hf.training import start_run
+
+    assert not torch.cuda.is_available()
+    cfg = _tiny_pretrain_config(tmp_path / "fp16", mixed_precision="fp16")
+    accelerator, _ = start_run(cfg)
+    out = capsys.readouterr().out
+    assert "mixed_precision=fp16 has no effect on the CPU" in out and "this run trains in fp32" in out
+    assert cfg.mixed_precision == "no" and accelerator.mixed_precision == "no"
+    assert "mixed_precision: 'no'" in (tmp_path / "fp16" / "config.yaml").read_text()  # what ran, not what was asked
