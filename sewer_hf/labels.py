@@ -34,6 +34,27 @@ CLASS_NAMES: dict[str, str] = {
     "OK": "Connection with construction changes",
 }
 
+# What each code means, in an inspector's words (one line each; for legends and reports).
+CLASS_DESCRIPTIONS: dict[str, str] = {
+    "RB": "cracks, fractures, broken pieces or a collapsed section of the pipe wall",
+    "OB": "worn, corroded or spalled wall surface (e.g. exposed aggregate)",
+    "PF": "a fault from manufacture or laying: irregular wall, bad lining or seam",
+    "DE": "the pipe's cross-section is squeezed out of round",
+    "FS": "neighbouring pipe lengths offset, angled or pulled apart at a joint",
+    "IS": "a sealing ring or joint material hanging into the flow",
+    "RO": "roots growing in through joints, cracks or connections",
+    "IN": "groundwater seeping, dripping or running into the pipe",
+    "AF": "sand, gravel or sediment settled on the pipe floor",
+    "BE": "grease, encrustation or scale stuck to the wall",
+    "FO": "an object or debris blocking part of the pipe",
+    "GR": "a branch (lateral) pipe joining the main pipe",
+    "PH": "a lateral connected through a chiselled (hand-broken) hole",
+    "PB": "a lateral connected through a drilled (cored) hole",
+    "OS": "openings cut in a liner to reopen the laterals",
+    "OP": "a connection made with a transition (adapter) piece",
+    "OK": "a connection where material, size or construction changes",
+}
+
 # Class-importance weights of the benchmark's F2_CIW (sum 6.7024).
 CIW: dict[str, float] = {
     "RB": 1.0000, "OB": 0.5518, "PF": 0.2896, "DE": 0.1622, "FS": 0.6419, "IS": 0.1847,
