@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from sewer_hf.errors import DataError
+from sewer_hf.labels import CLASSES
 from sewer_hf.metrics.core import DEFAULT_THRESHOLD, compute_metrics
 from sewer_hf.metrics.files import align_by_filename, read_annotation_targets, read_scores_csv
 from sewer_hf.metrics.report import format_report
@@ -28,15 +30,26 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_threshold(text: str):
-    """A float, or the path of a JSON file of per-class thresholds."""
+    """A float in [0, 1], or the path of a JSON file of 17 per-class thresholds in [0, 1] (scores
+    are sigmoid probabilities: a threshold above 1 flags nothing, one below 0 everything)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
+        value = None
+    if value is not None:
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise DataError(f"--threshold {text}: expected a number in [0, 1] (scores are probabilities), "
+                            f"e.g. 0.5, or a JSON file of per-class thresholds")
+        return value
     path = Path(text)
     if not path.is_file():
         raise DataError(f"--threshold {text!r} is neither a number nor an existing JSON file")
-    return load_thresholds(path)
+    thresholds = load_thresholds(path)
+    bad = [(code, float(t)) for code, t in zip(CLASSES, thresholds) if not 0.0 <= float(t) <= 1.0]
+    if bad:
+        raise DataError(f"threshold file {path}: " + ", ".join(f"{code}={t:g}" for code, t in bad)
+                        + " outside [0, 1]; expected per-class thresholds for probabilities")
+    return thresholds
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ and aligns them by position, any mismatch is an error.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -24,9 +25,14 @@ def _open_rows(path: Path):
     """(header, rows iterator, file handle) of a CSV, with a clear error if it is missing/empty."""
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file")
-    handle = path.open(newline="", encoding="utf-8")
+    handle = path.open(newline="", encoding="utf-8-sig")  # a BOM (spreadsheet exports) is not part of the header
     reader = csv.reader(handle)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        handle.close()
+        raise DataError(f"{path} line 1: not readable as UTF-8 CSV ({exc}); expected a header with "
+                        f"{FILENAME_COLUMN} and the class codes") from None
     if not header:
         handle.close()
         raise DataError(f"{path} is empty; expected a header with {FILENAME_COLUMN} and the class codes")
@@ -69,44 +75,64 @@ def _read_table(path, value_type: str) -> tuple[list[str], np.ndarray]:
         name_col, *class_cols = _column_index(path, header, (FILENAME_COLUMN, *CLASSES))
         filenames: list[str] = []
         rows: list[list[str]] = []
-        for line_no, row in enumerate(reader, start=2):
-            if not row:
-                continue  # blank line
-            if len(row) != len(header):
-                raise DataError(f"{path} line {line_no}: {len(row)} fields, expected {len(header)}")
-            filenames.append(row[name_col].strip())
-            rows.append([row[c] for c in class_cols])
+        lines: list[int] = []  # the physical line of each row (blank lines and quoted newlines counted)
+        try:
+            for row in reader:
+                if not row:
+                    continue  # blank line
+                if len(row) != len(header):
+                    raise DataError(f"{path} line {reader.line_num}: {len(row)} fields, expected {len(header)}")
+                filenames.append(row[name_col].strip())
+                rows.append([row[c] for c in class_cols])
+                lines.append(reader.line_num)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path} line {reader.line_num + 1}: not readable as UTF-8 CSV ({exc})") from None
     if not rows:
         raise DataError(f"{path} has a header but no rows")
+    if any(not name for name in filenames):
+        raise DataError(f"{path} line {lines[filenames.index('')]}, column {FILENAME_COLUMN}: empty; expected an image "
+                        f"file name")
     _check_unique(path, filenames)
-    values = _parse_values(path, rows, value_type)
+    values = _parse_values(path, rows, value_type, filenames, lines)
     return filenames, values
 
 
-def _parse_values(path: Path, rows: list[list[str]], value_type: str) -> np.ndarray:
-    try:
-        values = np.array(rows, dtype=np.float64)
-    except ValueError:
-        values = None
-    if values is None or not np.all(np.isfinite(values)) or (
-        value_type == "label" and not np.all((values == 0) | (values == 1))
-    ):
-        # slow path only to name the first bad cell
-        for i, row in enumerate(rows):
-            for k, cell in enumerate(row):
+def _parse_values(path: Path, rows: list[list[str]], value_type: str, filenames: Sequence[str] = (),
+                  lines: Sequence[int] = ()) -> np.ndarray:
+    """The cells as numbers: labels exactly "0" or "1" (as the official files write them: no
+    " 1", "1.0" or "+1"); scores finite numbers in [0, 1] (sigmoid probabilities: a file of
+    logits would be scored silently wrong). A bad cell is named by line, column, filename, value."""
+    if value_type == "label":
+        cells = np.array(rows, dtype=object) if rows else np.zeros((0, NUM_CLASSES), dtype=object)
+        ok = (cells == "0") | (cells == "1")
+        values = None if not ok.all() else (cells == "1").astype(np.int8)
+    else:
+        try:
+            values = np.array(rows, dtype=np.float64)
+        except ValueError:
+            values = None
+        if values is not None and not (np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1))):
+            values = None
+    if values is not None:
+        return values
+    # slow path only to name the first bad cell
+    for i, row in enumerate(rows):
+        for k, cell in enumerate(row):
+            if value_type == "label":
+                ok, expected = cell in ("0", "1"), "0 or 1 (a label)"
+            else:
                 try:
                     v = float(cell)
                 except ValueError:
                     v = None
-                ok = v is not None and np.isfinite(v) and (value_type != "label" or v in (0.0, 1.0))
-                if not ok:
-                    expected = "0 or 1" if value_type == "label" else "a finite number"
-                    raise DataError(
-                        f"{path} line {i + 2}, column {CLASSES[k]}: {cell!r} is not {expected}"
-                    )
-    if value_type == "label":
-        return values.astype(np.int8)
-    return values
+                ok = v is not None and math.isfinite(v) and 0.0 <= v <= 1.0
+                expected = ("a score in [0, 1] (a sigmoid probability; logits must go through a sigmoid first)"
+                            if v is not None and math.isfinite(v) else "a finite number in [0, 1]")
+            if not ok:
+                name = f" (the row of {filenames[i]!r})" if i < len(filenames) else ""
+                line = lines[i] if i < len(lines) else i + 2
+                raise DataError(f"{path} line {line}, column {CLASSES[k]}: {cell!r} is not {expected}{name}")
+    raise DataError(f"{path}: invalid values (could not locate the cell)")  # not reached: same rules
 
 
 def read_scores_csv(path) -> tuple[list[str], np.ndarray]:
