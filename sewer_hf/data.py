@@ -183,7 +183,9 @@ def _read_csv_fast(csv_path: Path, header: _Header) -> "pa.Table | None":
     wanted += list(CLASSES) if header.has_labels else []
     wanted += ["WaterLevel"] if header.has_water_level else []
     wanted += ["Defect"] if header.has_defect else []
-    types = {c: (pa.string() if c == "Filename" else pa.int32()) for c in wanted}
+    # Everything as text: pyarrow's integer parser would take " 1", "+1" or "01" as 1, while a
+    # label is exactly 0 or 1 (the checks below compare the text, then the columns become ints).
+    types = {c: pa.string() for c in wanted}
     try:
         return pacsv.read_csv(
             csv_path,
@@ -218,47 +220,85 @@ def _explain_csv_problem(csv_path: Path, header: _Header) -> DataError | None:
 
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        next(reader, None)
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(cols):
-                return bad(line, None, f"expected {len(cols)} fields (as in the header), got {len(row)}: {','.join(row)!r}")
-            name = row[index["Filename"]]
-            if not name:
-                return bad(line, "Filename", "expected an image file name, got an empty value")
-            if header.has_water_level:
-                value = row[index["WaterLevel"]]
-                lo, hi = WATER_LEVEL_RANGE
-                if not _is_int(value) or not lo <= int(value) <= hi:
-                    return bad(line, "WaterLevel", f"expected an integer percentage {lo}-{hi}, got {value!r}")
-            positives = []
-            if header.has_labels:
-                for cls in CLASSES:
-                    value = row[index[cls]]
-                    if value not in ("0", "1"):
-                        return bad(line, cls, f"expected a label 0 or 1, got {value!r}")
-                    if value == "1":
-                        positives.append(cls)
-            if header.has_defect:
-                value = row[index["Defect"]]
+        try:
+            return _explain_rows(reader, cols, index, seen, header, bad)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            return bad(reader.line_num + 1, None, f"not readable as UTF-8 CSV ({exc})")
+
+
+def _explain_rows(reader, cols, index, seen, header: _Header, bad) -> DataError | None:
+    """The row loop of ``_explain_csv_problem`` (reading may raise: the caller names the line)."""
+    next(reader, None)
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue
+        if len(row) != len(cols):
+            return bad(line, None, f"expected {len(cols)} fields (as in the header), got {len(row)}: {','.join(row)!r}")
+        name = row[index["Filename"]]
+        if not name:
+            return bad(line, "Filename", "expected an image file name, got an empty value")
+        if header.has_water_level:
+            value = row[index["WaterLevel"]]
+            lo, hi = WATER_LEVEL_RANGE
+            if not _is_int(value) or not lo <= int(value) <= hi:
+                return bad(line, "WaterLevel", f"expected an integer percentage {lo}-{hi}, got {value!r}")
+        positives = []
+        if header.has_labels:
+            for cls in CLASSES:
+                value = row[index[cls]]
                 if value not in ("0", "1"):
-                    return bad(line, "Defect", f"expected 0 or 1, got {value!r}")
-                if header.has_labels and (value == "1") != bool(positives):
-                    what = f"defect label(s) {', '.join(positives)}" if positives else "none of the 17 defect labels"
-                    return bad(line, "Defect", f"got {value!r} but the row has {what}; expected Defect = 1 exactly when any class label is 1")
-            if name in seen:
-                return bad(line, "Filename", f"duplicate filename {name!r} (first at line {seen[name]})")
-            seen[name] = line
+                    return bad(line, cls, f"expected a label 0 or 1, got {value!r}")
+                if value == "1":
+                    positives.append(cls)
+        if header.has_defect:
+            value = row[index["Defect"]]
+            if value not in ("0", "1"):
+                return bad(line, "Defect", f"expected 0 or 1, got {value!r}")
+            if header.has_labels and (value == "1") != bool(positives):
+                what = f"defect label(s) {', '.join(positives)}" if positives else "none of the 17 defect labels"
+                return bad(line, "Defect", f"got {value!r} but the row has {what}; expected Defect = 1 exactly when any class label is 1")
+        if name in seen:
+            return bad(line, "Filename", f"duplicate filename {name!r} (first at line {seen[name]})")
+        seen[name] = line
     return None
 
 
-def _check_table(csv_path: Path, header: _Header, table: "pa.Table") -> None:
-    """Vectorised checks; on failure the slow pass names the first offending row."""
+def _as_ints(table: "pa.Table") -> tuple["pa.Table", bool]:
+    """The label, WaterLevel and Defect columns (read as text) as int32, and whether any cell is
+    not exactly a plain integer: labels and Defect "0"/"1", WaterLevel digits (no spaces, no
+    sign other than "-", no decimals)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    bad = False
+    for name in table.column_names:
+        if name == "Filename":
+            continue
+        column = table.column(name)
+        if name == "WaterLevel":
+            ok = pc.match_substring_regex(column, r"^-?[0-9]{1,9}$")
+        else:
+            ok = pc.is_in(column, value_set=pa.array(["0", "1"]))
+        if not pc.all(pc.fill_null(ok, False)).as_py():
+            bad = True
+            continue
+        table = table.set_column(table.column_names.index(name), name, pc.cast(column, pa.int32()))
+    return table, bad
+
+
+def _check_table(csv_path: Path, header: _Header, table: "pa.Table") -> "pa.Table":
+    """Vectorised checks; on failure the slow pass names the first offending row. Returns the
+    table with its number columns as int32."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        raise DataError(f"{csv_path}: the header is there but no rows follow; expected one row per image")
     problem = any(table.column(c).null_count for c in table.column_names)
+    table, not_plain = _as_ints(table)
+    if not_plain:
+        error = _explain_csv_problem(csv_path, header)
+        raise error or DataError(f"{csv_path}: invalid annotation values (could not locate the row)")
     problem = problem or pc.any(pc.equal(table.column("Filename"), "")).as_py()
     if header.has_labels:
         labels = _labels_matrix(table)  # int32, so that values like 2 or -1 survive to be seen
@@ -280,7 +320,7 @@ def _check_table(csv_path: Path, header: _Header, table: "pa.Table") -> None:
             duplicates = counts.field("values").filter(pc.greater(counts.field("counts"), 1)).to_pylist()
             problem = True
     if not problem:
-        return
+        return table
     error = _explain_csv_problem(csv_path, header)
     if error is None:  # should not happen: the two passes check the same rules
         error = DataError(f"{csv_path}: invalid annotation values (could not locate the row)")
@@ -303,8 +343,7 @@ def read_annotations(csv_path: str | os.PathLike, split: str) -> "pa.Table":
     if table is None:
         error = _explain_csv_problem(csv_path, header)
         raise error or DataError(f"{csv_path}: cannot parse the annotation file as CSV")
-    _check_table(csv_path, header, table)
-    return table
+    return _check_table(csv_path, header, table)
 
 
 # ----------------------------------------------------------------------------------------
@@ -409,6 +448,19 @@ def _resolve_image_paths(data_root: Path, split: str, filenames: "pa.Array", che
 # ----------------------------------------------------------------------------------------
 
 
+class MissingImagesError(DataError):
+    """Rows whose image file is missing (``drop_missing=False``). ``hint`` says how to skip them
+    where the caller is: a Python argument by default; a command swaps in its own option."""
+
+    def __init__(self, problem: str, missing: list[str],
+                 hint: str = "pass drop_missing=True to skip them; `sewer-hf check-data` lists them all") -> None:
+        self.problem, self.missing, self.hint = problem, missing, hint
+        super().__init__(f"{problem}; {hint}")
+
+    def with_hint(self, hint: str) -> "MissingImagesError":
+        return MissingImagesError(self.problem, self.missing, hint)
+
+
 def load_sewer_ml(
     data_root: str | os.PathLike,
     split: str,
@@ -489,10 +541,9 @@ def _load_from_csv(root: Path, split: str, csv_path: Path, drop_missing: bool, c
         if missing.all():
             raise DataError(f"{csv_path}: none of the {len(missing)} images found in {where} (e.g. {examples}); wrong data root?")
         if not drop_missing:
-            raise DataError(
+            raise MissingImagesError(
                 f"{csv_path}: {len(missing_names)} of {len(missing)} image files are missing from {where}, "
-                f"e.g. {examples}; pass drop_missing=True to skip them"
-            )
+                f"e.g. {examples}", missing_names)
         logger.warning("%s: dropped %d row(s) whose image file is missing, e.g. %s", csv_path, len(missing_names), examples)
         arrow = arrow.filter(pa.array(~missing))
         description += f" dropped {len(missing_names)} row(s) whose image file is missing."
