@@ -18,8 +18,10 @@ onnxruntime is installed — on a small shared CPU it ran ViT-T 2-3x faster than
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,7 +73,8 @@ class SewerClassifier:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"))
         if backend == "onnx" and self.device.type != "cpu":
             raise ConfigError(f"the onnx backend runs on the CPU; got device={device!r}")
-        config = AutoConfig.from_pretrained(self.model_dir)
+        with model_source_errors(self.model_dir):
+            config = AutoConfig.from_pretrained(self.model_dir)
         labels_in_order = [config.id2label[i] for i in range(config.num_labels)]
         if labels_in_order != list(L.CLASSES):
             raise DataError(f"{self.model_dir}: id2label is {labels_in_order}, expected the 17 Sewer-ML codes "
@@ -81,12 +84,14 @@ class SewerClassifier:
             from transformers import AutoModelForImageClassification
 
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            self.model = AutoModelForImageClassification.from_pretrained(self.model_dir).to(self.device, dtype).eval()
+            with model_source_errors(self.model_dir):
+                self.model = AutoModelForImageClassification.from_pretrained(self.model_dir).to(self.device, dtype).eval()
             self._dtype = dtype
         else:
             self.model = None
             self._session = _onnx_session(onnx_file, threads)
-        proc = _processor_config(self.model_dir)
+        with model_source_errors(self.model_dir):
+            proc = _processor_config(self.model_dir)
         size = proc.get("size", {})
         self.size = (int(size.get("width", config.image_size)), int(size.get("height", config.image_size)))
         mean = torch.tensor(proc.get("image_mean", L.SEWER_MEAN)).view(1, 3, 1, 1)
@@ -178,6 +183,31 @@ class SewerClassifier:
         return [c for c, s, t in zip(L.CLASSES, scores, self.thresholds) if s >= t]
 
 
+@contextlib.contextmanager
+def model_source_errors(model: str):
+    """Turn a model that cannot be found or fetched (a missing folder, a Hub id while offline or
+    unknown to the Hub) into a DataError that says which and what to do, instead of a traceback
+    from deep inside transformers / huggingface_hub."""
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+
+    local = Path(model).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise DataError(f"model {model}: a folder without config.json; expected an exported classifier folder "
+                        f"(runs/<run>/classifier) or a Hub id (org/name)")
+    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise DataError(f"model {model}: no such folder (and not a Hub id of the form org/name)")
+    try:
+        yield
+    except (OSError, HfHubHTTPError, HFValidationError) as exc:
+        if local.exists():
+            raise DataError(f"model {model}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        why = "HF_HUB_OFFLINE is set" if offline else "no network, or no such repo (or it is private: set HF_TOKEN)"
+        raise DataError(f"model {model}: not a local folder, and the Hugging Face Hub could not provide it ({why}; "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Pass a local classifier folder, "
+                        f"or download it once while online (`hf download {model}`)") from None
+
+
 def _auto_backend(onnx_path: Path, device: Optional[str], precision: str) -> str:
     """ONNX Runtime where it applies (measured faster on a small shared CPU), else PyTorch."""
     import importlib.util
@@ -215,25 +245,39 @@ def _processor_config(model_dir: str) -> dict:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_inputs(data: str, split: str, annotations_dir: Optional[str] = None) -> tuple[list[str], list[str]]:
+def list_inputs(data: str, split: str, annotations_dir: Optional[str] = None,
+                drop_missing: bool = False) -> tuple[list[str], list[str]]:
     """(filenames, paths) to score: a Sewer-ML root (its split's CSV), an annotation/scores CSV
-    with a `Filename` column (images next to it), or a folder of images."""
-    from sewer_hf.data import load_sewer_ml
+    with a `Filename` column (images next to it), or a folder of images. Rows whose image is
+    missing are an error (naming ``--drop-missing``) unless ``drop_missing``; they are then
+    left out and logged."""
+    from sewer_hf.data import MissingImagesError, load_sewer_ml
 
     p = Path(data)
+    if not p.exists():
+        raise DataError(f"--data {data}: does not exist; expected a Sewer-ML root folder, a CSV with a Filename "
+                        f"column, or a folder of images")
     if p.is_file() and p.suffix.lower() == ".csv":
         import csv
 
-        with p.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            if "Filename" not in (reader.fieldnames or []):
-                raise DataError(f"{p}: expected a `Filename` column, found {reader.fieldnames}")
-            names = [row["Filename"] for row in reader]
+        try:
+            with p.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                if "Filename" not in (reader.fieldnames or []):
+                    raise DataError(f"{p}: expected a `Filename` column, found {reader.fieldnames}")
+                names = [row["Filename"] for row in reader]
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{p}: not readable as a UTF-8 CSV ({exc})") from None
+        if not names:
+            raise DataError(f"{p}: the header is there but no rows follow; expected one row per image")
         folder = p.parent
         paths = [str(folder / split / n) if (folder / split / n).exists() else str(folder / n) for n in names]
         return names, paths
     if p.is_dir() and (any(p.glob("SewerML_*.csv")) or (annotations_dir and Path(annotations_dir).is_dir())):
-        ds = load_sewer_ml(p, split, annotations_dir=annotations_dir)
+        try:
+            ds = load_sewer_ml(p, split, annotations_dir=annotations_dir, drop_missing=drop_missing)
+        except MissingImagesError as exc:
+            raise exc.with_hint("pass --drop-missing to score the others; `sewer-hf check-data` lists them all") from None
         from datasets import Image
 
         ds = ds.cast_column("image", Image(decode=False))
@@ -262,13 +306,15 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                         help="torch backend: bf16 weights are faster on AMX CPUs; scores move by ~1e-2")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--drop-missing", action="store_true",
+                        help="leave out the rows of a Sewer-ML split whose image file is missing (default: an error)")
     parser.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from sewer_hf.metrics import write_scores_csv
 
-    names, paths = list_inputs(args.data, args.split, args.annotations_dir)
+    names, paths = list_inputs(args.data, args.split, args.annotations_dir, drop_missing=args.drop_missing)
     clf = SewerClassifier(args.model, device=args.device, threads=args.threads, backend=args.backend,
                           onnx_path=args.onnx, precision=args.precision)
     scores, bad = clf.predict_files(paths, batch_size=args.batch_size, workers=args.workers)
