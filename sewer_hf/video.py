@@ -57,6 +57,7 @@ class DecodeStats:
     decoded: int = 0  # frames decoded (sampled or not)
     sampled: int = 0
     corrupt: int = 0  # packets that failed to decode, skipped
+    last_frame_s: Optional[float] = None  # time of the last frame decoded (sampled or not)
 
 
 @dataclass
@@ -85,9 +86,42 @@ class ScanResult:
 
     @property
     def duration_s(self) -> float:
+        """The footage's duration as its container declares it (else the scanned span)."""
         if self.info.duration_s is not None:
             return float(self.info.duration_s)
-        return float(self.times[-1] + 1.0 / self.sample_fps) if len(self.times) else 0.0
+        return self.scanned_s
+
+    @property
+    def scanned_s(self) -> float:
+        """Seconds of footage actually decoded: up to the end of the last decoded frame (a
+        truncated or damaged file stops short of its declared duration)."""
+        last = self.stats.last_frame_s
+        if last is None:
+            last = float(self.times[-1]) if len(self.times) else 0.0
+        frame = 1.0 / self.info.native_fps if self.info.native_fps else 1.0 / self.sample_fps
+        end = last + frame
+        return float(min(end, self.info.duration_s) if self.info.duration_s is not None else end)
+
+    @property
+    def coverage(self) -> Optional[float]:
+        """scanned_s / the declared duration (None when the container declares none)."""
+        if not self.info.duration_s:
+            return None
+        return min(1.0, self.scanned_s / float(self.info.duration_s))
+
+    @property
+    def coverage_warning(self) -> Optional[str]:
+        """A sentence when the scan stopped short of the declared duration by more than one
+        sample interval (a truncated or damaged file); None otherwise."""
+        declared = self.info.duration_s
+        if declared is None:
+            return None
+        slack = max(1.0 / self.sample_fps, 2.0 / self.info.native_fps if self.info.native_fps else 0.0)
+        if declared - self.scanned_s <= slack:
+            return None
+        return (f"only {self.scanned_s:.1f} s of the declared {declared:.1f} s could be decoded "
+                f"({100 * self.coverage:.0f} %); the file looks truncated or damaged after {self.scanned_s:.1f} s, "
+                f"so nothing after that was scanned")
 
     def flat_events(self) -> list[dict]:
         """All events, each with its class code, sorted by start time."""
@@ -157,6 +191,7 @@ def sample_frames(container, stream, info: FootageInfo, fps: float, stats: Decod
                 t = max(0.0, float(frame.time) - start)
             else:
                 t = (stats.decoded - 1) / (info.native_fps or fps)
+            stats.last_frame_s = t if stats.last_frame_s is None else max(stats.last_frame_s, t)
             if max_duration_s is not None and t > max_duration_s:
                 raise DataError(f"{info.path}: longer than the limit of {max_duration_s:g} s")
             slot = math.floor(t * fps + 1e-6)
@@ -285,10 +320,11 @@ def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
         raw = np.concatenate(scores).astype(np.float64)
         smoothed = smooth_scores(raw, smooth)
         thresholds = np.asarray(classifier.thresholds, dtype=np.float64)
-        end_s = max(info.duration_s, float(times_arr[-1])) if info.duration_s else None
-        events = find_events(times_arr, smoothed, thresholds, 1.0 / fps, merge_gap_s, end_s)
         result = ScanResult(str(path), str(getattr(classifier, "model_dir", "")), info, float(fps), int(smooth),
-                            float(merge_gap_s), times_arr, raw, smoothed, thresholds, events, stats)
+                            float(merge_gap_s), times_arr, raw, smoothed, thresholds, {}, stats)
+        # events end where the decoded footage ends, not at a declared duration never reached
+        end_s = max(result.scanned_s, float(times_arr[-1])) if info.duration_s else None
+        result.events = find_events(times_arr, smoothed, thresholds, 1.0 / fps, merge_gap_s, end_s)
         for i in report_frames(result):
             result.thumbnails[i] = (thumbs / f"{i}.jpg").read_bytes()
     return result
@@ -333,14 +369,22 @@ def run_scan(args: argparse.Namespace) -> int:
     from sewer_hf.video_report import write_report
 
     _check_options(args.fps, args.batch_size, args.smooth, args.merge_gap)
+    container, _, info = open_footage(args.footage)  # a bad video fails in milliseconds, before the model loads
+    container.close()
+    if args.max_duration is not None and info.duration_s is not None and info.duration_s > args.max_duration:
+        raise DataError(f"{args.footage}: {info.duration_s:.1f} s long, over the limit of {args.max_duration:g} s")
     classifier = SewerClassifier(args.model, device=args.device)
     result = scan_footage(args.footage, classifier, fps=args.fps, batch_size=args.batch_size, smooth=args.smooth,
                           merge_gap_s=args.merge_gap, max_duration_s=args.max_duration)
     paths = write_report(result, args.out)
     events = result.flat_events()
     counts = {c: len(v) for c, v in result.events.items() if v}
-    print(f"scanned {result.stats.sampled} frames of {result.duration_s:.1f} s ({result.stats.decoded} decoded); "
+    of = (f"{result.scanned_s:.1f} s of the declared {result.duration_s:.1f} s" if result.coverage_warning
+          else f"{result.duration_s:.1f} s")
+    print(f"scanned {result.stats.sampled} frames covering {of} ({result.stats.decoded} decoded); "
           f"{len(events)} event(s)" + (": " + ", ".join(f"{c} x{n}" for c, n in counts.items()) if counts else ""))
+    if result.coverage_warning:
+        print(f"warning: {result.coverage_warning}", file=sys.stderr)
     if result.stats.corrupt:
         print(f"skipped {result.stats.corrupt} damaged frame(s)/packet(s)", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths.values()))

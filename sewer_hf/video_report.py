@@ -35,7 +35,10 @@ def events_document(result) -> dict:
     return {
         "source": result.source,
         "model": result.model,
-        "duration_s": round(result.duration_s, 3),
+        "duration_s": round(result.duration_s, 3),  # as declared by the container (else the scanned span)
+        "scanned_s": round(result.scanned_s, 3),  # decoded: short of duration_s when the file is truncated
+        "coverage": None if result.coverage is None else round(result.coverage, 4),
+        "coverage_warning": result.coverage_warning,
         "sample_fps": result.sample_fps,
         "smoothing": {"method": "centred moving average", "window_samples": result.smooth},
         "merge_gap_s": result.merge_gap_s,
@@ -72,6 +75,10 @@ def plot_timeline(result, path: Path) -> Path:
         ax.set_ylabel(code, rotation=0, ha="right", va="center", fontsize=8)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
+    if result.coverage_warning:  # grey out what could not be decoded
+        for ax in axes[:, 0]:
+            ax.axvspan(result.scanned_s, end, color="0.85", lw=0)
+        axes[0, 0].text(result.scanned_s, 1.0, " not decoded", fontsize=7, va="bottom")
     axes[-1, 0].set_xlabel("time (s)")
     fig.suptitle("smoothed score per class (dashed: threshold, shaded: events)", fontsize=9)
     fig.tight_layout(h_pad=0.1)
@@ -98,6 +105,8 @@ def render_html(result, png: bytes) -> str:
                       f"<figcaption>{esc(caption)}</figcaption></figure>")
     corrupt = (f"<p class=warn>{result.stats.corrupt} damaged frame(s) could not be decoded and were skipped.</p>"
                if result.stats.corrupt else "")
+    if result.coverage_warning:
+        corrupt += f"<p class=warn>Warning: {esc(result.coverage_warning)}.</p>"
     table = ("<table><tr><th>code</th><th>defect</th><th>start (s)</th><th>end (s)</th><th>peak score</th>"
              f"<th>peak at (s)</th></tr>{rows}</table>" if rows else "<p>No defect events: normal pipe throughout.</p>")
     return f"""<!doctype html>
@@ -106,7 +115,7 @@ def render_html(result, png: bytes) -> str:
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}} figure{{display:inline-block;margin:4px;font-size:11px;
 max-width:180px}} .warn{{color:#a40}} img.plot{{max-width:100%}}</style></head><body>
 <h1>Sewer inspection report</h1>
-<p>Footage <code>{esc(result.source)}</code>, {result.duration_s:.1f} s; model <code>{esc(result.model)}</code>.
+<p>Footage <code>{esc(result.source)}</code>, {result.duration_s:.1f} s ({result.scanned_s:.1f} s scanned); model <code>{esc(result.model)}</code>.
 {result.stats.sampled} frames scored ({result.sample_fps:g} per second), scores smoothed by a centred moving average
 over {result.smooth} samples; events use the model's per-class thresholds, gaps up to {result.merge_gap_s:g} s merged.</p>
 {corrupt}
