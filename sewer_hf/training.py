@@ -345,8 +345,8 @@ def start_run(cfg: Any):
     cfg.validate()
     stale = check_output_dir(cfg)  # every process, before any of them writes there
     accelerator = make_accelerator(cfg)
+    accelerator.wait_for_everyone()  # all have looked before the main process clears or writes config.yaml
     if stale:
-        accelerator.wait_for_everyone()  # all have looked before the main process clears
         if accelerator.is_main_process:
             for path in stale:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
