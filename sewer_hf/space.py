@@ -273,8 +273,9 @@ def add_push_space_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="where to write the Space folder (new or empty; kept after a push)")
     parser.add_argument("--wheel", default=None, help="a prebuilt sewer_hf wheel (default: built from the checkout)")
     parser.add_argument("--model-name", default=None, help="the model's name on the page (default from the repo ids)")
-    parser.add_argument("--license", default=None, help=f"the Space's license (default {SPACE_LICENSE}; "
-                                                         "cc-by-nc-sa-4.0 when a bundled model was trained on Sewer-ML)")
+    parser.add_argument("--license", default=None,
+                        help=f"the Space's license (default {SPACE_LICENSE}; cc-by-nc-sa-4.0 when a bundled model "
+                             "was trained on Sewer-ML)")
     parser.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=None,
                         help="say the model was trained on synthetic frames (default: detected from the folder)")
     parser.add_argument("--gpu-torch", dest="cpu_torch", action="store_false",
