@@ -204,6 +204,7 @@ class ModelLane:
         self._worker = threading.Thread(target=self._run, name="sewer-model-lane", daemon=True)
         self._worker.start()
         self.batches: list[int] = []  # sizes of the image batches run (for benchmarks and tests)
+        self.max_batch = MAX_BATCH
 
     # the footage scan's interface (a SewerClassifier look-alike)
     def preprocess(self, image) -> np.ndarray:
@@ -232,7 +233,7 @@ class ModelLane:
                     self._cond.wait()
             time.sleep(BATCH_WAIT_S)  # let concurrent requests join this batch
             with self._cond:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
             try:
                 results = self._explain_batch([a for a, _ in batch])
             except BaseException as exc:  # noqa: BLE001 - hand the failure to every waiter
@@ -433,32 +434,14 @@ def _fmt_time(seconds: float) -> str:
 
 
 def _coverage_warning(result) -> Optional[str]:
-    """A warning when the scan covered less of the video than its declared duration (truncated
-    or damaged file), from the coverage fields of the scan, if it has them."""
-    doc: dict[str, Any] = {}
-    for name in ("coverage", "coverage_s", "covered_s", "scanned_s", "truncated", "coverage_warning"):
-        value = getattr(result, name, None)
-        if value is None and getattr(result, "stats", None) is not None:
-            value = getattr(result.stats, name, None)
-        if value is not None:
-            doc[name] = value
-    if isinstance(doc.get("coverage"), dict):
-        doc.update(doc.pop("coverage"))
-    declared = getattr(getattr(result, "info", None), "duration_s", None)
-    covered = doc.get("covered_s", doc.get("scanned_s", doc.get("coverage_s")))
-    if covered is None and len(getattr(result, "times", [])):
-        covered = float(result.times[-1]) + 1.0 / result.sample_fps
-    if doc.get("coverage_warning"):
-        return str(doc["coverage_warning"])
-    fraction = doc.get("fraction", doc.get("coverage") if isinstance(doc.get("coverage"), (int, float)) else None)
-    if declared and covered is not None and fraction is None:
-        fraction = float(covered) / float(declared)
-    if doc.get("truncated") or (fraction is not None and fraction < 0.95):
-        shown = f"{_fmt_time(covered)} of {_fmt_time(declared)}" if declared and covered is not None else "part"
-        return (f"Only {shown} of this video could be scanned"
-                + (f" ({100 * float(fraction):.0f}%)" if fraction is not None else "")
-                + ": the file is shorter than it claims (cut off or damaged). Findings after that point are missing.")
-    return None
+    """The scan's own warning (`ScanResult.coverage_warning`) when it decoded less of the video
+    than its declared duration (a truncated or damaged file), as a sentence for the page."""
+    warning = getattr(result, "coverage_warning", None)
+    if not warning:
+        return None
+    return (f"Only {_fmt_time(result.scanned_s)} of the {_fmt_time(result.duration_s)} this video declares could be "
+            f"scanned ({100 * result.coverage:.0f}%): the file looks cut off or damaged, so nothing after "
+            f"{_fmt_time(result.scanned_s)} was checked.")
 
 
 def _summary_html(result, n_events: int, fps: float) -> str:
@@ -606,7 +589,8 @@ def header_html(info: ModelInfo) -> str:
 
 def build_demo(model_id: Optional[str] = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
                max_video_seconds: float = MAX_VIDEO_SECONDS, here: Optional[Path] = None,
-               model_url: Optional[str] = None, model_name: Optional[str] = None):
+               model_url: Optional[str] = None, model_name: Optional[str] = None,
+               image_concurrency: int = IMAGE_CONCURRENCY):
     """The Gradio Blocks of the Space. The model loads now (a clear error if it is missing)."""
     gr = _gr()
     if model_id is None:
@@ -640,7 +624,8 @@ def build_demo(model_id: Optional[str] = None, max_image_pixels: int = MAX_IMAGE
         with gr.Tab("Frame"):
             verdict = gr.HTML(idle, elem_id="verdict", render=False)
             attention = gr.Image(label="Where the model looked (attention of its last layer)", type="pil",
-                                 interactive=False, visible=False, height=300, elem_id="attention", render=False)
+                                 interactive=False, visible=False, height=300, elem_id="attention", render=False,
+                                 format="jpeg")
             bars = gr.HTML(visible=False, elem_id="bars", render=False)
             scores = gr.JSON(visible=False, label="scores", render=False)
             outputs = [verdict, attention, bars, scores]
@@ -663,9 +648,9 @@ def build_demo(model_id: Optional[str] = None, max_image_pixels: int = MAX_IMAGE
             # once there is a result, the legend folds away (the bars carry the names; hover for meanings)
             verdict.change(lambda: gr.Accordion(open=False), None, legend, api_visibility="private")
             classify_btn.click(_classify, image_in, outputs, api_name="classify_image",
-                               concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="frames")
+                               concurrency_limit=image_concurrency, concurrency_id="frames")
             image_in.upload(_classify, image_in, outputs, api_visibility="private",
-                            concurrency_limit=IMAGE_CONCURRENCY, concurrency_id="frames")
+                            concurrency_limit=image_concurrency, concurrency_id="frames")
         with gr.Tab("Footage"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
