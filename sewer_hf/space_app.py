@@ -433,6 +433,11 @@ def _fmt_time(seconds: float) -> str:
     return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
 
+def _duration_text(seconds: float) -> str:
+    """600 -> '10 min', 90 -> '1.5 min', 5 -> '5 s'."""
+    return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
+
+
 def _coverage_warning(result) -> Optional[str]:
     """The scan's own warning (`ScanResult.coverage_warning`) when it decoded less of the video
     than its declared duration (a truncated or damaged file), as a sentence for the page."""
@@ -654,7 +659,7 @@ def build_demo(model_id: Optional[str] = None, max_image_pixels: int = MAX_IMAGE
         with gr.Tab("Footage"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1):
-                    video_in = gr.Video(label=f"Inspection footage (up to {max_video_seconds / 60:g} min)",
+                    video_in = gr.Video(label=f"Inspection footage (up to {_duration_text(max_video_seconds)})",
                                         sources=["upload"], elem_id="footage", height=320)
                     scan_btn = gr.Button("Scan footage", variant="primary")
                     plot = gr.Image(label="Score of each class over time (dashed: threshold; shaded: findings)",
