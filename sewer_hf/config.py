@@ -34,9 +34,15 @@ class RunConfig:
     synthetic_val: int = 128
     synthetic_size: Optional[str] = "352x288"
     synthetic_defect_fraction: Optional[float] = None  # None = the real Sewer-ML share of defect frames
-    num_workers: int = 2
-    # the paper's augmentations drawn batched on the accelerator (CPU workers only decode);
-    # None = on when training on CUDA, false = PIL/torchvision in the CPU workers
+    # DataLoader worker processes; None = chosen per machine: on a CPU, decoding a few frames is
+    # timed first and cheap frames (prepared small shards) are read in the main process so the
+    # workers do not take cores from the model step; on CUDA, the cores left per process
+    num_workers: Optional[int] = None
+    # torch threads on a CPU; None = the cores this process may use (split between processes
+    # and loader workers). On a busy 2-core machine 2 threads can be slower than 1: measure
+    cpu_threads: Optional[int] = None
+    # the paper's augmentations drawn batched on the training device, the CPU included (loader
+    # workers only decode); None = on; false = PIL/torchvision per image in the loader workers
     gpu_augment: Optional[bool] = None
     gpu_augment_dtype: str = "auto"  # its colour ops: auto = float16 on CUDA (half the memory traffic), else float32
     # with gpu_augment: workers hand over the encoded bytes and each batch is decoded on the
@@ -105,7 +111,9 @@ class PretrainConfig(RunConfig):
     n_local_crops: int = 0  # paper: two global views only, no multi-crop
     local_crop_size: int = 96
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    decode_size: int = 256  # with gpu_augment: CPU workers only decode and resize to this square size
+    # with gpu_augment: loader workers only decode and resize to this square size; None = 8/7 of
+    # image_size rounded up to a multiple of 8 (256 for 224: room for the crops, no more pixels)
+    decode_size: Optional[int] = None
     # --- optimisation ---------------------------------------------------------------------
     base_lr: float = 5e-5  # paper: lr = 5e-5 * global_batch / 256
     warmup_epochs: float = 10  # paper: linear warm-up for 10 epochs ...
@@ -132,6 +140,13 @@ class PretrainConfig(RunConfig):
     knn_temperature: float = 0.07
     knn_max_train: int = 5000
     save_rank_states: bool = False  # each process writes its teacher + center (multi-process checks)
+
+    @property
+    def resolved_decode_size(self) -> int:
+        """``decode_size``, or 8/7 of ``image_size`` rounded up to a multiple of 8 (224 -> 256, 64 -> 80)."""
+        if self.decode_size is not None:
+            return self.decode_size
+        return 8 * math.ceil(self.image_size / 7)
 
     def validate(self) -> None:
         super().validate()  # the numeric domains, teacher_temp <= 0.07 and the crop scales included
@@ -194,7 +209,8 @@ DOMAINS: dict[str, Domain] = {
     "synthetic_train": AT_LEAST_ONE,
     "synthetic_val": AT_LEAST_ONE,
     "synthetic_defect_fraction": UNIT,
-    "num_workers": NON_NEGATIVE,
+    "num_workers": NON_NEGATIVE,  # or none: chosen per machine
+    "cpu_threads": AT_LEAST_ONE,  # or none: chosen per machine
     "image_size": Domain(16, multiple_of=16),
     "drop_path_rate": Domain(0, 1, hi_open=True),
     "epochs": AT_LEAST_ONE,
@@ -240,6 +256,7 @@ DOMAINS: dict[str, Domain] = {
     "lr_milestones": Domain(0, ordered=True, note="epochs, in order"),
     "lr_gamma": Domain(0, 1, lo_open=True, note="the factor the lr is multiplied by at each milestone"),
     "eval_every_epochs": AT_LEAST_ONE,
+    "threshold_holdout": Domain(0, 0.5, hi_open=True, note="0 = fit the thresholds on val"),
 }
 
 
@@ -304,14 +321,22 @@ class FinetuneConfig(RunConfig):
     base_lr: float = 5e-4  # paper: lr = 5e-4 * global_batch / 256
     lr_milestones: tuple[int, int] = (15, 35)  # paper: MultiStep at epochs 15 and 35 ...
     lr_gamma: float = 0.1  # ... with gamma 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0 in front of MultiStep (paper: none; small budgets need it)
+    augmentation: str = "paper"  # paper (App. A) | flip (horizontal flips only: short smoke runs learn faster)
     weight_decay: float = 0.05  # not given by the paper; timm's usual ViT fine-tuning value
     clip_grad: float = 0.0  # 0 = no clipping (the paper mentions none)
-    tune_thresholds: bool = True  # per-class thresholds fitted on val, stored with the model
+    tune_thresholds: bool = True  # per-class thresholds (F2_CIW with an F1_Normal floor), stored with the model
+    # share of the labelled training rows held out (stratified, never trained on) to fit those
+    # thresholds, so that the reported val numbers are not tuned on val; 0 = fit on val (optimistic)
+    threshold_holdout: float = 0.1
     head_bias_from_prior: bool = True  # start the head at the best constant predictor (not in the paper)
     eval_every_epochs: int = 1
 
     def validate(self) -> None:
         super().validate()  # the numeric domains: fraction in (0, 1], lr_milestones in order, ...
+        _check_choice("augmentation", self.augmentation, ("paper", "flip"))  # sewer_hf.augment.FINETUNE_AUGMENTATIONS
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} > epochs={self.epochs}: the warm-up would never end")
         if self.linear_probe and not self.backbone:
             raise ConfigError("linear_probe needs --backbone DIR (a pretrained backbone/ folder)")
 

@@ -4,8 +4,11 @@
     model -> pretrained backbone (or random init) + new linear head on the CLS token
     loss  -> BCE with logits, pos_weight = 2 (1 + CIW_c / mean CIW)
     step  -> AdamW, lr = base_lr * global_batch / 256, MultiStep x0.1 at epochs 15 and 35
-    eval  -> every epoch on val with the benchmark metric; best F2_CIW epoch kept as classifier/
-             (native ViTForImageClassification + tuned per-class thresholds) and eval.json
+             (optionally after a linear warm-up: small budgets need one, the paper has none)
+    eval  -> every epoch: thresholds fitted on a held-out part of train (F2_CIW with an
+             F1_Normal floor), the epoch chosen there, val scored at 0.5 and at those thresholds
+             next to the constant-predictor baseline; best epoch kept as classifier/
+             (native ViTForImageClassification + its thresholds) and eval.json
 
 Checkpoints, resume, precision and logging are shared with pretraining (sewer_hf.training).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from sewer_hf import labels as L
 from sewer_hf.config import FinetuneConfig, save_config
 from sewer_hf.errors import DataError
 from sewer_hf.losses import WeightedBCE, prior_logits
+from sewer_hf.metrics import beats_baseline, constant_baseline
 from sewer_hf.sources import load_split
 from sewer_hf.training import (
     CheckpointManager,
@@ -51,11 +56,18 @@ class FinetuneState(TrainState):
         self.best_epoch = -1
 
 
-def multistep_lr(peak: float, milestones: tuple[int, ...], gamma: float, epochs: int, iters: int) -> np.ndarray:
-    """Per-iteration lr of MultiStepLR: `peak * gamma ** (number of milestones <= epoch)`."""
+def multistep_lr(peak: float, milestones: tuple[int, ...], gamma: float, epochs: int, iters: int,
+                 warmup_epochs: float = 0.0) -> np.ndarray:
+    """Per-iteration lr of MultiStepLR, `peak * gamma ** (number of milestones <= epoch)`, after
+    a linear warm-up from peak / warmup_iters to peak over the first `warmup_epochs` (0: none,
+    the paper's exact schedule)."""
     epoch_of_iter = np.arange(epochs * iters) // iters
     drops = (epoch_of_iter[:, None] >= np.asarray(milestones)[None, :]).sum(1)
-    return peak * gamma ** drops
+    lr = peak * gamma ** drops.astype(np.float64)
+    warmup = min(int(round(warmup_epochs * iters)), len(lr))
+    if warmup:
+        lr[:warmup] *= np.arange(1, warmup + 1) / warmup
+    return lr
 
 
 def build_model(cfg: FinetuneConfig):
@@ -102,11 +114,10 @@ def predict_scores(model, loader, accelerator, desc: str = "eval") -> tuple[np.n
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    from sewer_hf.augment import eval_transform, finetune_transform
+    from sewer_hf.augment import eval_transform, finetune_augmentation, finetune_transform
     from sewer_hf.gpu_augment import GPUFinetuneAugment
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
     from sewer_hf.dino import param_groups
-    from sewer_hf.metrics import compute_metrics
     from sewer_hf.sampling import stratified_fraction
     from sewer_hf.hub import check_push_config, push_after_run
 
@@ -123,15 +134,22 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.fraction < 1.0:
         chosen = stratified_fraction(np.asarray(train_hf["labels"]), cfg.fraction, seed=cfg.seed)
         train_hf = train_hf.select(chosen)
+    train_hf, holdout_hf = split_holdout(train_hf, cfg)
     # on the device, the workers decode and resize (the reference's first step): decode_size = image_size
+    aug = finetune_augmentation(cfg.augmentation)
     train = train_data(
-        cfg, accelerator, train_hf, cpu_transform=lambda: finetune_transform(cfg.image_size),
-        device_augment=lambda dtype: GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=dtype),
+        cfg, accelerator, train_hf, cpu_transform=lambda: finetune_transform(cfg.image_size, config=aug),
+        device_augment=lambda dtype: GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=dtype, config=aug),
         decode_size=cfg.image_size)
-    loader = make_train_loader(train.dataset, cfg, collate_skip_bad)
-    val_loader = torch.utils.data.DataLoader(
-        SewerTorchDataset(val_hf, eval_transform(cfg.image_size)), batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers, collate_fn=collate_skip_bad)
+    loader = make_train_loader(train, cfg, collate_skip_bad)
+
+    def eval_loader(hf):
+        return torch.utils.data.DataLoader(SewerTorchDataset(hf, eval_transform(cfg.image_size)),
+                                           batch_size=cfg.batch_size, num_workers=train.workers,
+                                           collate_fn=collate_skip_bad)
+
+    val_loader = eval_loader(val_hf)
+    holdout_loader = eval_loader(holdout_hf) if holdout_hf is not None else None
     if len(loader) == 0:
         from sewer_hf.errors import ConfigError
         raise ConfigError(f"{len(train_hf)} training images < batch_size={cfg.batch_size}: lower batch_size")
@@ -145,6 +163,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(param_groups(trainable), fused=torch.cuda.is_available())
     mark_weight_decay_groups(optimizer, cfg.weight_decay)
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
+    if holdout_loader is not None:
+        holdout_loader = accelerator.prepare(holdout_loader)
+    evaluation = Evaluation(val_loader, holdout_loader, constant_baseline(np.asarray(val_hf["labels"])))
     model_fwd = torch.compile(model) if cfg.compile else model  # checkpoints use the plain module
     criterion = WeightedBCE().to(accelerator.device)
 
@@ -156,14 +177,16 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     global_batch = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
     iters = steps_per_epoch(len(loader), cfg.gradient_accumulation_steps)
     peak_lr = scaled_lr(cfg.base_lr, global_batch)
-    lr_sched = multistep_lr(peak_lr, cfg.lr_milestones, cfg.lr_gamma, cfg.epochs, iters)
+    lr_sched = multistep_lr(peak_lr, cfg.lr_milestones, cfg.lr_gamma, cfg.epochs, iters, cfg.warmup_epochs)
     total_steps = cfg.epochs * iters if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * iters)
 
     resume_and_track(accelerator, cfg, state, ckpt, log, "finetune")
     mode = "linear probe" if cfg.linear_probe else ("fine-tune" if cfg.backbone else "supervised from scratch")
     accelerator.print(
-        f"{mode} {cfg.arch}: {len(train_hf)}/{n_full} train images (fraction {cfg.fraction}), {len(val_hf)} val, "
-        f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
+        f"{mode} {cfg.arch}: {len(train_hf)}/{n_full} train images (fraction {cfg.fraction}), "
+        f"{len(holdout_hf) if holdout_hf is not None else 0} held out for thresholds, {len(val_hf)} val, "
+        f"global batch {global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}"
+        f"{f' after {cfg.warmup_epochs:g} warm-up epoch(s)' if cfg.warmup_epochs else ''}, "
         f"augmentation {train.describe()}")
 
     progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc=mode)
@@ -192,13 +215,18 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
             state.end_epoch()
             if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
-                validate(cfg, accelerator, model, val_loader, state, log, compute_metrics)
+                validate(cfg, accelerator, model, evaluation, state, log)
             progress.save()
     if state.best_epoch < 0 or state.step != progress.last_saved:  # stopped mid-epoch by max_steps
-        validate(cfg, accelerator, model, val_loader, state, log, compute_metrics)
+        validate(cfg, accelerator, model, evaluation, state, log)
     progress.close()
-    result = {"steps": state.step, "best_epoch": state.best_epoch, "best_F2_CIW": state.best_f2_ciw,
+    result = {"steps": state.step, "best_epoch": state.best_epoch, "best_selection_F2_CIW": state.best_f2_ciw,
               "skipped_images": state.skipped_images, "classifier": str(out / "classifier")}
+    if accelerator.is_main_process and (out / "eval.json").is_file():
+        report = json.loads((out / "eval.json").read_text())
+        result.update({key: report[key] for key in ("F2_CIW", "F1_Normal", "mAP")},
+                      at_shipped_thresholds=report["at_shipped_thresholds"],
+                      constant_baseline=report["constant_baseline"])
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if cfg.push_to_hub and accelerator.is_main_process:
@@ -206,36 +234,79 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     return result
 
 
-def validate(cfg, accelerator, model, val_loader, state, log, compute_metrics) -> None:
-    """Score val; when F2_CIW improves, export the classifier (with tuned thresholds) + eval.json."""
+def split_holdout(train_hf, cfg: FinetuneConfig):
+    """(train, holdout): a stratified ``threshold_holdout`` share of the labelled rows, never
+    trained on, on which the thresholds are fitted and the best epoch is chosen; (train, None)
+    when the thresholds are fitted on val instead."""
+    from sewer_hf.sampling import stratified_fraction
+
+    if not cfg.tune_thresholds or cfg.threshold_holdout <= 0:
+        return train_hf, None
+    held = stratified_fraction(np.asarray(train_hf["labels"]), cfg.threshold_holdout, seed=cfg.seed + 1)
+    kept = np.setdiff1d(np.arange(len(train_hf)), held)
+    if len(held) == 0 or len(kept) == 0:
+        raise DataError(f"threshold_holdout={cfg.threshold_holdout} of {len(train_hf)} labelled images leaves "
+                        f"{len(kept)} to train on and {len(held)} to fit thresholds on; change threshold_holdout")
+    return train_hf.select(kept), train_hf.select(held)
+
+
+@dataclass
+class Evaluation:
+    """What every epoch is scored on: val (reported), the held-out part of train (thresholds and
+    the choice of epoch; None = val plays that part) and val's constant-predictor baseline."""
+
+    val: Any
+    holdout: Any
+    baseline: dict
+
+
+def validate(cfg, accelerator, model, evaluation: Evaluation, state, log) -> None:
+    """Score val (and the hold-out); when the selection score improves, export the classifier
+    with its thresholds, and eval.json."""
     from sewer_hf.export import save_classifier
-    from sewer_hf.metrics import tune_thresholds
+    from sewer_hf.metrics import compute_metrics, tune_thresholds
 
     # Every process holds the gathered scores, so all agree on the best epoch; only main writes.
-    scores, targets = predict_scores(model, val_loader, accelerator, desc=f"val epoch {state.epoch}")
+    scores, targets = predict_scores(model, evaluation.val, accelerator, desc=f"val epoch {state.epoch}")
     metrics = compute_metrics(scores, targets)
-    log.write({"step": state.step, "epoch": state.epoch, **{f"val_{k}": v for k, v in metrics.items()
-                                                            if isinstance(v, float)}})
-    improved = metrics["F2_CIW"] > state.best_f2_ciw
-    accelerator.print(f"epoch {state.epoch}: val F2_CIW {100 * metrics['F2_CIW']:.2f} "
-                      f"F1_Normal {100 * metrics['F1_Normal']:.2f} mAP {100 * metrics['mAP']:.2f}"
-                      + ("  (best so far)" if improved else ""))
+    if evaluation.holdout is not None:
+        fit_scores, fit_targets = predict_scores(model, evaluation.holdout, accelerator, desc="hold-out")
+    else:
+        fit_scores, fit_targets = scores, targets
+    thresholds = tune_thresholds(fit_scores, fit_targets) if cfg.tune_thresholds else np.full(L.NUM_CLASSES, 0.5)
+    # the epoch is chosen where the thresholds were fitted, at those thresholds (val stays a report)
+    selection = compute_metrics(fit_scores, fit_targets, thresholds)["F2_CIW"] if evaluation.holdout is not None \
+        else metrics["F2_CIW"]
+    shipped = compute_metrics(scores, targets, thresholds)
+    headline = ("F2_CIW", "F1_Normal", "mAP")
+    log.write({"step": state.step, "epoch": state.epoch, "selection_F2_CIW": selection,
+               **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)},
+               **{f"val_shipped_{k}": shipped[k] for k in headline}})
+    improved = selection > state.best_f2_ciw
+    base = evaluation.baseline
+    accelerator.print(
+        f"epoch {state.epoch}: val at 0.5 F2_CIW {100 * metrics['F2_CIW']:.2f} F1_Normal {100 * metrics['F1_Normal']:.2f} "
+        f"mAP {100 * metrics['mAP']:.2f} | at fitted thresholds F2_CIW {100 * shipped['F2_CIW']:.2f} "
+        f"F1_Normal {100 * shipped['F1_Normal']:.2f} | constant predictor F2_CIW {100 * base['F2_CIW']:.2f} "
+        f"F1_Normal {100 * base['F1_Normal']:.2f} mAP {100 * base['mAP']:.2f}" + ("  (best so far)" if improved else ""))
     if improved:
-        state.best_f2_ciw, state.best_epoch = float(metrics["F2_CIW"]), state.epoch
+        state.best_f2_ciw, state.best_epoch = float(selection), state.epoch
     if improved and accelerator.is_main_process:
-        thresholds = tune_thresholds(scores, targets) if cfg.tune_thresholds else np.full(L.NUM_CLASSES, 0.5)
-        tuned = compute_metrics(scores, targets, threshold=thresholds)
         net = accelerator.unwrap_model(model)
         net = getattr(net, "_orig_mod", net)
         out = Path(cfg.output_dir)
-        save_classifier(net.backbone, net.head, out / "classifier", image_size=cfg.image_size,
-                        thresholds=dict(zip(L.CLASSES, map(float, thresholds))),
+        by_class = dict(zip(L.CLASSES, map(float, thresholds)))
+        fitted_on = (f"a held-out {cfg.threshold_holdout:g} of the labelled train split ({len(fit_targets)} images)"
+                     if evaluation.holdout is not None else f"{cfg.val_split} (the reported split: optimistic)")
+        save_classifier(net.backbone, net.head, out / "classifier", image_size=cfg.image_size, thresholds=by_class,
                         extra_config={"sewer_hf": {"stage": "finetune", "arch": cfg.arch,
                                                    "linear_probe": cfg.linear_probe, "fraction": cfg.fraction,
-                                                   "backbone": cfg.backbone, "best_epoch": state.epoch}})
+                                                   "backbone": cfg.backbone, "best_epoch": state.epoch,
+                                                   "thresholds_fitted_on": fitted_on}})
         save_config(cfg, out / "classifier" / "training_config.yaml")
         report = {"split": cfg.val_split, "epoch": state.epoch, "threshold": 0.5, **metrics,
-                  "tuned_thresholds": dict(zip(L.CLASSES, map(float, thresholds))),
-                  "with_tuned_thresholds_on_same_split": {k: v for k, v in tuned.items() if isinstance(v, float)}}
+                  "shipped_thresholds": by_class, "thresholds_fitted_on": fitted_on,
+                  "at_shipped_thresholds": {k: v for k, v in shipped.items() if isinstance(v, float)},
+                  "constant_baseline": base, "beats_constant_baseline": beats_baseline(shipped, base)}
         (out / "eval.json").write_text(json.dumps(report, indent=2))
     accelerator.wait_for_everyone()

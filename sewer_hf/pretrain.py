@@ -96,8 +96,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     train = train_data(
         cfg, accelerator, train_hf, cpu_transform=lambda: PretrainTransform(**aug_kwargs),
         device_augment=lambda dtype: GPUPretrainAugment(**aug_kwargs, photometric_dtype=dtype),
-        decode_size=cfg.decode_size, with_labels=cfg.hybrid)
-    loader = make_train_loader(train.dataset, cfg, collate_skip_bad)
+        decode_size=cfg.resolved_decode_size, with_labels=cfg.hybrid)
+    loader = make_train_loader(train, cfg, collate_skip_bad)
     if len(loader) == 0:
         from sewer_hf.errors import ConfigError
         raise ConfigError(f"{len(train_hf)} training images < batch_size={cfg.batch_size}: lower batch_size")

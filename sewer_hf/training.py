@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from sewer_hf.errors import ConfigError, SewerHFError
+from sewer_hf.machine import MachinePlan, plan_for_machine
 
 logger = logging.getLogger(__name__)
 
@@ -158,20 +159,28 @@ class TrainData:
     decode_size: Optional[int] = None  # the square that encoded images are decoded to on the device
     feed: str = "inline"  # DevicePrefetcher mode of the device-side preparation
     seed: int = 0
+    plan: Optional[MachinePlan] = None  # loader workers and torch threads for this machine
+
+    @property
+    def workers(self) -> int:
+        return self.plan.workers if self.plan is not None else 0
 
     def describe(self) -> str:
-        """Where the augmentation runs, for the run's opening line."""
+        """Where the augmentation runs and how the cores are used, for the run's opening line."""
         if self.augment is None:
-            return "in the CPU workers"
-        return ("on the device" + (", images decoded there" if getattr(self.dataset, "encoded", False) else "")
-                + (", the next batches prepared in a background thread" if self.feed == "thread" else ""))
+            where = "per image in the loader" + (" workers" if self.workers else " (main process)")
+        else:
+            where = ("batched on the " + ("CPU" if self.plan is not None and self.plan.threads is not None else "device")
+                     + (", images decoded there" if getattr(self.dataset, "encoded", False) else "")
+                     + (", the next batches prepared in a background thread" if self.feed == "thread" else ""))
+        return where + (f"; {self.plan.describe()}" if self.plan is not None else "")
 
 
 def train_data(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[], Any],
                device_augment: Callable[[str], torch.nn.Module], decode_size: int, with_labels: bool = True) -> TrainData:
     """The training split with the augmentation where ``cfg`` puts it.
 
-    ``gpu_augment`` (None: on with CUDA): the workers only decode and resize to ``decode_size``
+    ``gpu_augment`` (None: on, the CPU included): the workers only decode and resize to ``decode_size``
     (or, with ``decode_on_device``, hand over the encoded bytes) and ``device_augment(dtype)``
     draws the views batched on the device, compiled with ``compile_augment``. ``device_feed``
     auto prepares those batches in a background thread on CUDA when every batch is its own
@@ -183,15 +192,16 @@ def train_data(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[], An
     from sewer_hf.gpu_augment import compile_augment
 
     device = accelerator.device
-    if not (cfg.gpu_augment if cfg.gpu_augment is not None else device.type == "cuda"):
+    if cfg.gpu_augment is False:  # None (auto) = batched, on any device
         if cfg.decode_on_device:
             raise ConfigError("decode_on_device hands the encoded images to the device-side augmentation: it needs "
-                              "gpu_augment (on by default on CUDA)")
+                              "gpu_augment (on by default)")
         if cfg.device_feed == "thread":
             raise ConfigError("device_feed=thread prepares batches for the device-side augmentation: it needs "
-                              "gpu_augment (on by default on CUDA); with CPU augmentation use device_feed=inline or auto")
+                              "gpu_augment (on by default); with per-image augmentation use device_feed=inline or auto")
         # the workers draw the augmentation: seed each image (decoding alone draws nothing)
-        return TrainData(SeededAugmentation(SewerTorchDataset(hf_dataset, cpu_transform(), with_labels=with_labels), cfg.seed))
+        dataset = SeededAugmentation(SewerTorchDataset(hf_dataset, cpu_transform(), with_labels=with_labels), cfg.seed)
+        return TrainData(dataset, seed=cfg.seed, plan=plan_for_machine(cfg, accelerator, dataset))
     augment = device_augment(cfg.gpu_augment_dtype).to(device)
     if cfg.compile_augment:
         augment = compile_augment(augment)
@@ -200,7 +210,7 @@ def train_data(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[], An
     feed = cfg.device_feed  # thread with accumulation: refused by the config's validate()
     if feed == "auto":
         feed = "thread" if device.type == "cuda" and cfg.gradient_accumulation_steps == 1 else "inline"
-    return TrainData(dataset, augment, decode_size, feed, cfg.seed)
+    return TrainData(dataset, augment, decode_size, feed, cfg.seed, plan_for_machine(cfg, accelerator, dataset))
 
 
 class CheckpointManager:
@@ -479,10 +489,11 @@ class SeededAugmentation(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-def make_train_loader(dataset, cfg: Any, collate_fn):
-    """Shuffled, drop-last DataLoader over a seeded-augmentation dataset (prepare() shards it)."""
+def make_train_loader(train: TrainData, cfg: Any, collate_fn):
+    """Shuffled, drop-last DataLoader over the training split (prepare() shards it), with the
+    machine plan's workers."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
+        train.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=train.workers,
         collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
         persistent_workers=False,  # workers must see the new epoch set on the dataset
         generator=torch.Generator().manual_seed(cfg.seed))

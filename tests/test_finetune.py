@@ -52,6 +52,26 @@ def test_multistep_schedule_drops_at_milestones():
     lr = multistep_lr(1.0, (15, 35), 0.1, 45, 2)
     assert len(lr) == 90
     assert lr[29] == 1.0 and lr[30] == pytest.approx(0.1) and lr[70] == pytest.approx(0.01) and lr[-1] == pytest.approx(0.01)
+    assert np.array_equal(lr, multistep_lr(1.0, (15, 35), 0.1, 45, 2, warmup_epochs=0))  # the paper's, exactly
+
+
+def test_warmup_rises_linearly_then_follows_multistep():
+    lr = multistep_lr(1.0, (3, 5), 0.1, 6, 4, warmup_epochs=1.5)
+    assert lr[:6] == pytest.approx(np.arange(1, 7) / 6)  # 1.5 epochs x 4 iterations, linear up to the peak
+    assert lr[6:12] == pytest.approx(1.0) and lr[12:20] == pytest.approx(0.1) and lr[20:] == pytest.approx(0.01)
+
+
+def test_thresholds_are_fitted_on_held_out_train_rows_never_trained_on(tiny_data):
+    from sewer_hf.finetune import split_holdout
+    from sewer_hf.sources import load_split
+
+    train_hf = load_split(tiny_data, "Train", labelled=True)
+    kept, held = split_holdout(train_hf, FinetuneConfig(**TINY, threshold_holdout=0.25))
+    assert not set(kept["filename"]) & set(held["filename"])
+    assert len(kept) + len(held) == len(train_hf) and 0.15 < len(held) / len(train_hf) < 0.35
+    present = np.asarray(train_hf["labels"]).any(axis=0)
+    assert np.asarray(held["labels"]).any(axis=0)[present].all()  # every class to fit a threshold for
+    assert split_holdout(train_hf, FinetuneConfig(**TINY, threshold_holdout=0.0))[1] is None
 
 
 def test_finetune_exports_a_stock_pipeline_classifier(tiny_data, backbone_dir, tmp_path):
@@ -59,9 +79,12 @@ def test_finetune_exports_a_stock_pipeline_classifier(tiny_data, backbone_dir, t
     result = finetune(FinetuneConfig(**TINY, data=tiny_data, backbone=backbone_dir, output_dir=str(out)))
     assert result["best_epoch"] >= 1
     report = json.loads((out / "eval.json").read_text())
-    for key in ("F2_CIW", "F1_Normal", "mAP", "macro_F1", "per_class", "tuned_thresholds"):
+    for key in ("F2_CIW", "F1_Normal", "mAP", "macro_F1", "per_class", "shipped_thresholds", "at_shipped_thresholds",
+                "constant_baseline", "beats_constant_baseline"):
         assert key in report
     assert report["split"] == "Val" and report["epoch"] == result["best_epoch"]
+    assert "held-out" in report["thresholds_fitted_on"]  # not fitted on the reported split
+    assert set(report["constant_baseline"]) == {"F2_CIW", "F1_Normal", "mAP"}
 
     from transformers import AutoConfig, AutoModelForImageClassification, pipeline
     from PIL import Image
@@ -111,7 +134,7 @@ def test_linear_probe_leaves_the_backbone_untouched(tiny_data, backbone_dir, tmp
 
 
 def test_fraction_and_resume_from_scratch(tiny_data, tmp_path):
-    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2)
+    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, threshold_holdout=0.0)
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full")))
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4))
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest"))
@@ -138,11 +161,13 @@ def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_pa
     """gpu_augment (forced on, here on the CPU, with float16 colour ops): workers only decode;
     the batched fine-tuning augmentation draws from a generator keyed by epoch and batch, so a
     resumed run matches, and so does one whose batches were prepared ahead in the feed thread."""
-    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, gpu_augment=True, gpu_augment_dtype="float16")
+    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, gpu_augment=True, gpu_augment_dtype="float16",
+                  threshold_holdout=0.0)
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full"), device_feed="thread"))
-    assert "augmentation on the device, the next batches prepared in a background thread" in capsys.readouterr().out
+    assert "augmentation batched on the CPU, the next batches prepared in a background thread;" in capsys.readouterr().out
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4, device_feed="inline"))
-    assert "augmentation on the device\n" in capsys.readouterr().out
+    threads = torch.get_num_threads()  # the recipe set them: the cores, no loader workers (0 in TINY)
+    assert f"augmentation batched on the CPU; {threads} torch thread(s), 0 loader worker(s)" in capsys.readouterr().out
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest", device_feed="thread"))
     a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000006" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoints" / "step_00000006" / "model.safetensors"))

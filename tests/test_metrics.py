@@ -12,6 +12,7 @@ import pytest
 from sewer_hf.errors import DataError
 from sewer_hf.labels import CIW, CLASSES
 from sewer_hf.metrics import (
+    constant_baseline,
     average_precision,
     compute_metrics,
     f2_ciw_from_per_class,
@@ -285,12 +286,65 @@ def noisy_scores(targets, seed):
 def test_tune_thresholds_improves_f2_ciw_on_its_data():
     targets = read_fixture_targets()
     scores = noisy_scores(targets, 5)
-    tuned = tune_thresholds(scores, targets)
+    tuned = tune_thresholds(scores, targets, objective="per_class_f2")
     assert tuned.shape == (K,) and np.all((tuned > 0) & (tuned < 1))
     base, best = compute_metrics(scores, targets), compute_metrics(scores, targets, tuned)
     assert best["F2_CIW"] > base["F2_CIW"] + 0.01
     for code in CLASSES:  # each class's F2 is maximised on its own
         assert best["per_class"][code]["F2"] >= base["per_class"][code]["F2"]
+
+
+def scores_where_per_class_f2_destroys_normal(seed=3, n=1500):
+    """A model that separates the frequent classes well but the rare ones barely: maximising
+    each rare class's F2 alone lowers its threshold until almost every frame is flagged."""
+    targets = read_fixture_targets()[:n]
+    rng = np.random.default_rng(seed)
+    separation = np.where(targets.mean(axis=0) > 0.05, 0.5, 0.08)  # frequent classes: clear signal
+    scores = np.clip(0.25 + separation * targets + 0.12 * rng.standard_normal(targets.shape), 0, 1)
+    return scores, targets
+
+
+def test_benchmark_tuning_keeps_normal_where_per_class_f2_destroys_it():
+    scores, targets = scores_where_per_class_f2_destroys_normal()
+    default = compute_metrics(scores, targets)
+    per_class = compute_metrics(scores, targets, tune_thresholds(scores, targets, objective="per_class_f2"))
+    tuned = tune_thresholds(scores, targets)
+    benchmark = compute_metrics(scores, targets, tuned)
+    assert per_class["F1_Normal"] < 0.5 * default["F1_Normal"]  # the failure this objective exists for
+    assert benchmark["F1_Normal"] >= default["F1_Normal"] - 1e-12  # the floor holds
+    assert benchmark["F2_CIW"] > default["F2_CIW"] + 0.01  # and F2_CIW still gains
+    predicted_normal = ~(scores >= tuned).any(axis=1)
+    assert predicted_normal.any()
+
+
+def test_benchmark_tuning_never_flags_every_frame_when_0_5_does():
+    targets = read_fixture_targets()[:800]
+    rng = np.random.default_rng(4)
+    scores = np.clip(0.6 + 0.3 * targets + 0.05 * rng.standard_normal(targets.shape), 0, 1)  # 0.5 flags all
+    assert compute_metrics(scores, targets)["F1_Normal"] == 0.0
+    tuned = tune_thresholds(scores, targets)
+    assert compute_metrics(scores, targets, tuned)["F1_Normal"] > 0.0
+    assert (~(scores >= tuned).any(axis=1)).any()
+
+
+def test_benchmark_tuning_is_the_per_class_optimum_without_normal_frames():
+    targets = read_fixture_targets()[:600]
+    targets = targets[targets.any(axis=1)]  # no normal frame: the floor is void
+    scores = noisy_scores(targets, 9)
+    assert np.array_equal(tune_thresholds(scores, targets), tune_thresholds(scores, targets, objective="per_class_f2"))
+    with pytest.raises(DataError, match="objective"):
+        tune_thresholds(scores, targets, objective="f1")
+
+
+def test_constant_baseline_is_what_image_blind_predictors_score():
+    targets = read_fixture_targets()[:700]
+    base = constant_baseline(targets)
+    flag_present = np.tile(targets.any(axis=0).astype(float), (len(targets), 1))  # every frame, each present class
+    assert base["F2_CIW"] == pytest.approx(compute_metrics(flag_present, targets)["F2_CIW"])
+    assert base["F1_Normal"] == pytest.approx(compute_metrics(np.zeros(targets.shape), targets)["F1_Normal"])
+    rng = np.random.default_rng(0)  # the expected AP of a random order: the mean over many orders
+    draws = [compute_metrics(rng.random(targets.shape), targets)["mAP"] for _ in range(300)]
+    assert base["mAP"] == pytest.approx(np.mean(draws), abs=3 * np.std(draws) / np.sqrt(300) + 1e-3)
 
 
 def test_f2_over_grid_matches_compute_metrics_and_tuning_is_argmax():
@@ -301,7 +355,7 @@ def test_f2_over_grid_matches_compute_metrics_and_tuning_is_argmax():
     for g, t in enumerate(grid):
         f2 = compute_metrics(scores, targets, t)["per_class"]
         assert table[g] == pytest.approx([f2[c]["F2"] for c in CLASSES], abs=1e-15)
-    tuned = tune_thresholds(scores, targets, grid=grid)
+    tuned = tune_thresholds(scores, targets, grid=grid, objective="per_class_f2")
     assert np.all(table[np.searchsorted(grid, tuned), np.arange(K)] == table.max(axis=0))
 
 

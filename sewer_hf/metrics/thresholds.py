@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from sewer_hf.errors import DataError
-from sewer_hf.labels import CLASSES
+from sewer_hf.labels import CLASSES, ciw_vector
 from sewer_hf.metrics.core import DEFAULT_THRESHOLD, as_threshold_vector, f_beta, validate_inputs
 
 # 0.01, 0.02, ..., 0.99; contains the default 0.5, so tuning never does worse than it.
@@ -41,27 +41,88 @@ def f2_over_grid(scores: np.ndarray, targets: np.ndarray, grid: np.ndarray) -> n
     return f2
 
 
-def tune_thresholds(scores, targets, grid=None) -> np.ndarray:
-    """Per-class thresholds (17-vector, ``CLASSES`` order) that maximise F2_CIW on these data.
+OBJECTIVES = ("benchmark", "per_class_f2")
 
-    F2_CIW is a weighted sum of per-class F2, and each class's F2 depends only on its own
-    threshold, so each class is maximised on its own over ``grid`` (default 0.01 ... 0.99).
-    Among equally good thresholds the one nearest the default 0.5 wins (a class without
-    positives keeps 0.5).
 
-    Fit these on a validation split only and never on the split you report: thresholds tuned
-    on the evaluation data inflate its score.
+def tune_thresholds(scores, targets, grid=None, objective: str = "benchmark") -> np.ndarray:
+    """Per-class thresholds (17-vector, ``CLASSES`` order) fitted for the benchmark on these data.
+
+    ``objective="benchmark"`` (default): maximise F2_CIW subject to F1_Normal not falling below
+    its value at the benchmark's default thresholds (0.5), nor below the F1_Normal of calling
+    every frame normal, by coordinate ascent over ``grid`` (heaviest class first). Maximising each
+    class's F2 alone lowers every rare class's threshold until almost every frame gets some
+    defect flagged, which drives F1_Normal to 0 -- a model an inspector cannot use. With the
+    floor, a threshold moves only as far as the normal slot allows; when 0.5 is below the floor
+    the search starts from the best common threshold, so the result never flags every frame of
+    a split that has normal frames. ``objective="per_class_f2"``: each class's F2 maximised on its
+    own (no floor).
+
+    Ties go to the threshold nearest 0.5; a class without positives keeps 0.5.
+    Fit these on data you do not report (a held-out part of train, or a validation split when
+    you report test): thresholds tuned on the evaluation data inflate its score.
     """
+    if objective not in OBJECTIVES:
+        raise DataError(f"objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
     scores, targets = validate_inputs(scores, targets)
     grid = DEFAULT_GRID if grid is None else np.asarray(grid, dtype=np.float64).ravel()
     if grid.size == 0 or not np.all(np.isfinite(grid)):
         raise DataError(f"threshold grid must be a non-empty list of finite numbers, got {grid!r}")
-    grid = np.unique(grid)
+    grid = np.unique(np.append(grid, DEFAULT_THRESHOLD))  # 0.5 is always a candidate
     f2 = f2_over_grid(scores, targets, grid)
-    best = f2.max(axis=0)
-    # tie-break towards the default threshold: mask non-best, pick the smallest |t - 0.5|
-    distance = np.where(f2 >= best, np.abs(grid - DEFAULT_THRESHOLD)[:, None], np.inf)
-    return grid[np.argmin(distance, axis=0)]
+    near_default = np.abs(grid - DEFAULT_THRESHOLD)
+    if objective == "per_class_f2":
+        # tie-break towards the default threshold: mask non-best, pick the smallest |t - 0.5|
+        distance = np.where(f2 >= f2.max(axis=0), near_default[:, None], np.inf)
+        return grid[np.argmin(distance, axis=0)]
+    return _tune_with_normal_floor(scores, targets.astype(bool), grid, f2, near_default)
+
+
+def normal_f1(predicted: np.ndarray, true_normal: np.ndarray) -> float:
+    """F1 of the normal slot for (N, 17) boolean predictions."""
+    predicted_normal = ~predicted.any(axis=1)
+    correct = np.sum(predicted_normal & true_normal)
+    return float(2 * correct / max(predicted_normal.sum() + true_normal.sum(), 1))
+
+
+def _tune_with_normal_floor(scores, targets, grid, f2, near_default, passes: int = 3) -> np.ndarray:
+    true_normal = ~targets.any(axis=1)
+    thresholds = np.full(scores.shape[1], DEFAULT_THRESHOLD)
+    # the floor: F1_Normal at the benchmark's 0.5, and never below calling every frame normal
+    all_normal = normal_f1(np.zeros_like(targets), true_normal)
+    floor = max(normal_f1(scores >= thresholds, true_normal), all_normal)
+    if normal_f1(scores >= thresholds, true_normal) < floor:  # 0.5 is below it: start from the best common threshold
+        present = targets.any(axis=0)
+        common = [normal_f1(scores >= np.where(present, t, DEFAULT_THRESHOLD), true_normal) for t in grid]
+        thresholds[present] = grid[int(np.argmax(common))]
+        floor = min(floor, max(common))  # scores above every grid threshold can make the floor unreachable
+    predicted = scores >= thresholds
+    weights = ciw_vector()
+    for _ in range(passes):
+        moved = False
+        for k in np.argsort(-weights, kind="stable"):  # the heaviest classes choose first
+            if not targets[:, k].any():  # nothing to fit: keep the benchmark's threshold
+                continue
+            others_fire = np.delete(predicted, k, axis=1).any(axis=1)
+            # F1_Normal at each grid threshold of class k, the other classes fixed: a frame is
+            # predicted normal when no other class fires and its score for k is below the threshold
+            free = ~others_fire
+            column = np.sort(scores[free, k])
+            column_normal = np.sort(scores[free & true_normal, k])
+            n_pred = np.searchsorted(column, grid, side="left")
+            n_correct = np.searchsorted(column_normal, grid, side="left")
+            f1_normal = 2 * n_correct / np.maximum(n_pred + true_normal.sum(), 1)
+            feasible = np.flatnonzero(f1_normal >= floor - 1e-12)  # the current threshold is among them
+            # best class F2 (= best F2_CIW, the others fixed), then F1_Normal, then nearest 0.5
+            order = np.lexsort((near_default[feasible], -f1_normal[feasible], -f2[feasible, k]))
+            best = feasible[order[0]]
+            current = int(np.searchsorted(grid, thresholds[k]))
+            if (f2[best, k], f1_normal[best]) > (f2[current, k], f1_normal[current]):
+                thresholds[k] = grid[best]
+                predicted[:, k] = scores[:, k] >= grid[best]
+                moved = True
+        if not moved:
+            break
+    return thresholds
 
 
 def save_thresholds(path, thresholds) -> Path:
@@ -73,7 +134,8 @@ def save_thresholds(path, thresholds) -> Path:
 
 
 def load_thresholds(path) -> np.ndarray:
-    """Read per-class thresholds written by :func:`save_thresholds` (or a list of 17 numbers)."""
+    """Read per-class thresholds written by :func:`save_thresholds` (or a list of 17 numbers),
+    or those a classifier ships: its ``config.json`` (key ``sewer_thresholds``)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -81,6 +143,8 @@ def load_thresholds(path) -> np.ndarray:
         raise DataError(f"threshold file {path} does not exist") from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"threshold file {path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and isinstance(data.get("sewer_thresholds"), dict):  # a classifier's config.json
+        data = data["sewer_thresholds"]
     try:
         return as_threshold_vector(data)
     except DataError as exc:
