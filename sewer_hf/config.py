@@ -335,8 +335,6 @@ class FinetuneConfig(RunConfig):
     def validate(self) -> None:
         super().validate()  # the numeric domains: fraction in (0, 1], lr_milestones in order, ...
         _check_choice("augmentation", self.augmentation, ("paper", "flip"))  # sewer_hf.augment.FINETUNE_AUGMENTATIONS
-        if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"warmup_epochs={self.warmup_epochs} > epochs={self.epochs}: the warm-up would never end")
         if self.linear_probe and not self.backbone:
             raise ConfigError("linear_probe needs --backbone DIR (a pretrained backbone/ folder)")
 

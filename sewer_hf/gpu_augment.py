@@ -638,13 +638,21 @@ class GPUFinetuneAugment(nn.Module):
         if resize:
             x = F.interpolate(x, size=(cfg.size, cfg.size), mode=cfg.interpolation, antialias=True, align_corners=False)
             x = x.clamp_(0.0, 1.0).to(dtype)
-        x = apply_color_jitter(x, params["jitter"], cfg.color_jitter)
+        # an op whose probability (or range) is 0 in the config is skipped, not applied as identity:
+        # the draws stay the same, and the "flip" preset costs a flip and a normalise on a CPU
+        if cfg.color_jitter_p > 0:
+            x = apply_color_jitter(x, params["jitter"], cfg.color_jitter)
         x = horizontal_flip(x, params["flip"])
-        x = quantize(x)
-        x = equalize(x, params["equalize"])
-        x = autocontrast(x, params["autocontrast"])
-        x = rotate(x.float(), params["angle"], mode=cfg.affine_interpolation)
+        if cfg.color_jitter_p > 0 or resize:
+            x = quantize(x)
+        if cfg.equalize_p > 0:
+            x = equalize(x, params["equalize"])
+        if cfg.autocontrast_p > 0:
+            x = autocontrast(x, params["autocontrast"])
+        x = rotate(x.float(), params["angle"], mode=cfg.affine_interpolation) if cfg.rotation_degrees > 0 else x.float()
         x = self.normalize(x)
+        if cfg.erase_p == 0:
+            return x
         return random_erase(x, params["erase_top"], params["erase_left"], params["erase_h"], params["erase_w"],
                             params["erase"], cfg.erase_value)
 

@@ -212,7 +212,7 @@ def test_images_decoded_on_the_device_skip_a_corrupt_one(tiny_data, tmp_path, ca
     first = (data / "SewerML_Train.csv").read_text().splitlines()[1].split(",")[0]
     (data / first).write_bytes(b"\x89PNG\r\n\x1a\n broken")
     cfg = FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "ft"), gpu_augment=True,
-                         decode_on_device=True, device_feed="thread")
+                         decode_on_device=True, device_feed="thread", threshold_holdout=0.0)  # all 48 train
     result = finetune(cfg)
     assert "images decoded there" in capsys.readouterr().out
     assert result["skipped_images"] == TINY["epochs"]  # 48 frames, batch 8: every frame in every epoch
