@@ -242,7 +242,12 @@ def split_holdout(train_hf, cfg: FinetuneConfig):
 
     if not cfg.tune_thresholds or cfg.threshold_holdout <= 0:
         return train_hf, None
-    held = stratified_fraction(np.asarray(train_hf["labels"]), cfg.threshold_holdout, seed=cfg.seed + 1)
+    labels = np.asarray(train_hf["labels"]).astype(bool)
+    # "normal" as an 18th column: the hold-out needs normal frames, or the F1_Normal floor of the
+    # thresholds has nothing to hold on to (a 10 % run's hold-out of defect frames only shipped
+    # thresholds that flagged every frame)
+    with_normal = np.column_stack([labels, ~labels.any(axis=1)])
+    held = stratified_fraction(with_normal, cfg.threshold_holdout, seed=cfg.seed + 1)
     kept = np.setdiff1d(np.arange(len(train_hf)), held)
     if len(held) == 0 or len(kept) == 0:
         raise DataError(f"threshold_holdout={cfg.threshold_holdout} of {len(train_hf)} labelled images leaves "
