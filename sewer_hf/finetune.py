@@ -29,6 +29,7 @@ from sewer_hf.config import FinetuneConfig, save_config
 from sewer_hf.errors import DataError
 from sewer_hf.losses import WeightedBCE, prior_logits
 from sewer_hf.metrics import beats_baseline, constant_baseline
+from sewer_hf.sampling import stratified_fraction
 from sewer_hf.sources import load_split
 from sewer_hf.training import (
     CheckpointManager,
@@ -118,7 +119,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from sewer_hf.gpu_augment import GPUFinetuneAugment
     from sewer_hf.data import SewerTorchDataset, collate_skip_bad
     from sewer_hf.dino import param_groups
-    from sewer_hf.sampling import stratified_fraction
     from sewer_hf.hub import check_push_config, push_after_run
 
     check_push_config(cfg)  # --push_to_hub: no id or no token fails now, not after training
@@ -238,7 +238,6 @@ def split_holdout(train_hf, cfg: FinetuneConfig):
     """(train, holdout): a stratified ``threshold_holdout`` share of the labelled rows, never
     trained on, on which the thresholds are fitted and the best epoch is chosen; (train, None)
     when the thresholds are fitted on val instead."""
-    from sewer_hf.sampling import stratified_fraction
 
     if not cfg.tune_thresholds or cfg.threshold_holdout <= 0:
         return train_hf, None

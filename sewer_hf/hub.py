@@ -655,7 +655,7 @@ def push_after_run(cfg, model_dir: str | os.PathLike) -> Optional[str]:
 # CLI
 # ------------------------------------------------------------------------------------------------
 
-def _report(result: PushResult, dry_run: bool, private: bool) -> int:
+def report_push(result: PushResult, dry_run: bool, private: bool) -> int:
     if dry_run:
         print(f"dry run: wrote the {result.repo_id} repo folder to {result.folder} ({len(result.files)} files: "
               f"{', '.join(result.files)}); nothing was sent to the Hub")
@@ -690,7 +690,7 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
                             dry_run=args.dry_run, out_dir=args.out, base_model=args.base_model,
                             synthetic=args.synthetic, license=args.license, dataset_id=args.dataset_id,
                             create_only=args.create_only)
-        return _report(result, args.dry_run, args.private)
+        return report_push(result, args.dry_run, args.private)
 
     parser.set_defaults(func=run)
 
@@ -706,6 +706,6 @@ def add_push_dataset_arguments(parser: argparse.ArgumentParser) -> None:
         result = push_dataset(args.data, args.repo_id, private=not args.public, commit_message=args.commit_message,
                               dry_run=args.dry_run, out_dir=args.out, synthetic=args.synthetic,
                               create_only=args.create_only)
-        return _report(result, args.dry_run, not args.public)
+        return report_push(result, args.dry_run, not args.public)
 
     parser.set_defaults(func=run)

@@ -62,26 +62,35 @@ def run_stage(out: Path, name: str, fn: Callable[[], dict[str, Any]], timings: d
 def synthetic_prepared_data(folder: Path, n_train: int, n_val: int, seed: int = 0) -> tuple[Path, Path]:
     """Synthetic Sewer-ML frames in `folder/raw`, and `sewer-hf prepare` shards of them at the
     smoke configs' training size in `folder/prepared` (each step skipped when already done)."""
-    from sewer_hf.cli import main as cli
-    from sewer_hf.synth import generate_dataset
-
     raw, prepared = Path(folder) / "raw", Path(folder) / "prepared"
     if not (raw / ".complete").is_file():
-        generate_dataset(raw, n_train, n_val, seed=seed, size=FRAME_SIZE, defect_fraction=DEFECT_FRACTION,
-                         progress=True, overwrite=True, workers=available_cores())
+        generate_synthetic(raw, n_train, n_val, seed)
         (raw / ".complete").write_text("ok\n")
-    for split in ("Train", "Val"):  # prepare skips finished shards
-        cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared), "--size", str(PREPARED_SIZE)])
+    prepare_shards(raw, prepared)  # prepare skips finished shards
     return raw, prepared
+
+
+def generate_synthetic(folder: Path, n_train: int, n_val: int, seed: int) -> dict[str, Any]:
+    """The quickstart's synthetic Sewer-ML frames, rendered on every core."""
+    from sewer_hf.synth import generate_dataset
+
+    return generate_dataset(folder, n_train, n_val, seed=seed, size=FRAME_SIZE, defect_fraction=DEFECT_FRACTION,
+                            progress=True, overwrite=True, workers=available_cores())
+
+
+def prepare_shards(raw: Path, prepared: Path) -> None:
+    """The user's own command: Train and Val resized once to the smoke configs' training size."""
+    from sewer_hf.cli import main as cli
+
+    for split in ("Train", "Val"):
+        cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared), "--size", str(PREPARED_SIZE)])
 
 
 def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: int = 512, seed: int = 0,
                pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> dict[str, Any]:
-    from sewer_hf.cli import main as cli
     from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
     from sewer_hf.finetune import finetune
     from sewer_hf.pretrain import pretrain
-    from sewer_hf.synth import generate_dataset
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,16 +99,13 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
     wall = time.perf_counter()
 
     def make_data():
-        info = generate_dataset(data, n_train, n_val, seed=seed, size=FRAME_SIZE, defect_fraction=DEFECT_FRACTION,
-                                progress=True, overwrite=True, workers=available_cores())
+        info = generate_synthetic(data, n_train, n_val, seed)
         return {"data": str(data), "train": n_train, "val": n_val, "info": info}
 
     run_stage(out, "data", make_data, timings)
 
-    def prepare_stage():  # the user's own command: frames resized once to (about) the training size
-        for split in ("Train", "Val"):
-            cli(["prepare", "--data-root", str(data), "--split", split, "--out", str(prepared),
-                 "--size", str(PREPARED_SIZE)])
+    def prepare_stage():  # frames resized once to the training size, as a user with real data would
+        prepare_shards(data, prepared)
         return {"prepared": str(prepared), "size": PREPARED_SIZE}
 
     run_stage(out, "prepare", prepare_stage, timings)

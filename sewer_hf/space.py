@@ -41,6 +41,7 @@ from sewer_hf.hub import (
     build_repo_folder,
     hub_errors,
     inspect_model_dir,
+    report_push,
     resolve_token,
 )
 
@@ -286,13 +287,10 @@ def add_push_space_arguments(parser: argparse.ArgumentParser) -> None:
         result = push_space(args.model, args.repo_id, private=args.private, dry_run=args.dry_run, out_dir=args.out,
                             wheel=args.wheel, license=args.license, model_name=args.model_name,
                             cpu_torch=args.cpu_torch, synthetic=args.synthetic, commit_message=args.commit_message)
-        if args.dry_run:
-            print(f"dry run: wrote the {result.repo_id} Space to {result.folder} ({len(result.files)} files); "
-                  f"try it with: cd {result.folder} && python app.py")
-        else:
-            print(f"pushed {len(result.files)} files to {result.url} ({'private' if args.private else 'public'})")
-            if result.commit_url:
-                print(f"commit: {result.commit_url}")
+        if not args.dry_run:  # the same report as `sewer-hf push`
+            return report_push(result, dry_run=False, private=args.private)
+        print(f"dry run: wrote the {result.repo_id} Space to {result.folder} ({len(result.files)} files); "
+              f"try it with: cd {result.folder} && python app.py")
         return 0
 
     parser.set_defaults(func=run)

@@ -88,9 +88,9 @@ def _tune_with_normal_floor(scores, targets, grid, f2, near_default, passes: int
     true_normal = ~targets.any(axis=1)
     thresholds = np.full(scores.shape[1], DEFAULT_THRESHOLD)
     # the floor: F1_Normal at the benchmark's 0.5, and never below calling every frame normal
-    all_normal = normal_f1(np.zeros_like(targets), true_normal)
-    floor = max(normal_f1(scores >= thresholds, true_normal), all_normal)
-    if normal_f1(scores >= thresholds, true_normal) < floor:  # 0.5 is below it: start from the best common threshold
+    at_default = normal_f1(scores >= thresholds, true_normal)
+    floor = max(at_default, normal_f1(np.zeros_like(targets), true_normal))
+    if at_default < floor:  # 0.5 is below it: start from the best common threshold
         present = targets.any(axis=0)
         common = [normal_f1(scores >= np.where(present, t, DEFAULT_THRESHOLD), true_normal) for t in grid]
         thresholds[present] = grid[int(np.argmax(common))]
