@@ -225,6 +225,8 @@ DOMAINS: dict[str, Domain] = {
     "base_lr": Domain(0, lo_open=True, note="a negative learning rate climbs the loss instead of descending"),
     "weight_decay": NON_NEGATIVE,
     "clip_grad": Domain(0, note="0 = no clipping"),
+    "ema_decay": Domain(0, 1, hi_open=True, note="0 = no weight average"),
+    "head_lr_scale": Domain(0, lo_open=True),
     "warmup_epochs": NON_NEGATIVE,
     # --- PretrainConfig ----------------------------------------------------------------------------------
     "out_dim": AT_LEAST_ONE,
@@ -319,12 +321,14 @@ class FinetuneConfig(RunConfig):
     fraction: float = 1.0  # paper: 0.1, 0.5 or 1.0 of the labelled train split (stratified)
     epochs: int = 45  # paper
     base_lr: float = 5e-4  # paper: lr = 5e-4 * global_batch / 256
-    lr_milestones: tuple[int, int] = (15, 35)  # paper: MultiStep at epochs 15 and 35 ...
+    lr_milestones: tuple[int, ...] = (15, 35)  # paper: MultiStep at epochs 15 and 35 ...
     lr_gamma: float = 0.1  # ... with gamma 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0 in front of MultiStep (paper: none; small budgets need it)
     augmentation: str = "paper"  # paper (App. A) | flip (horizontal flips only: short smoke runs learn faster)
     weight_decay: float = 0.05  # not given by the paper; timm's usual ViT fine-tuning value
     clip_grad: float = 0.0  # 0 = no clipping (the paper mentions none)
+    head_lr_scale: float = 1.0  # the new head's lr = this x the scheduled lr (paper: 1)
+    ema_decay: float = 0.0  # > 0: an exponential moving average of the weights is scored and shipped (paper: none)
     tune_thresholds: bool = True  # per-class thresholds (F2_CIW with an F1_Normal floor), stored with the model
     # share of the labelled training rows held out (stratified, never trained on) to fit those
     # thresholds, so that the reported val numbers are not tuned on val; 0 = fit on val (optimistic)
@@ -355,6 +359,10 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any number of values
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{source}: {name}={value!r}: expected a list of values, e.g. 6,9")
+            args = (args[0],) * len(value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{source}: {name}={value!r}: expected {len(args)} values, e.g. 0.5,1.0")
         return tuple(_coerce(name, v, a, source) for v, a in zip(value, args))

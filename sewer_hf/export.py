@@ -327,3 +327,18 @@ def load_timm_backbone(model_dir, drop_path_rate: float = 0.0) -> nn.Module:
     backbone = create_backbone(arch, img_size=config.image_size, drop_path_rate=drop_path_rate)
     backbone.load_state_dict(hf_to_timm_state_dict(load_file(str(weights)), config.num_hidden_layers))
     return backbone
+
+
+def load_classifier_module(model_dir, device: torch.device | str = "cpu") -> nn.Module:
+    """The package's backbone + linear head (``LinearClassifier``, eval mode) from an exported
+    ``classifier/`` folder: what the run ships, scored the way training scores."""
+    from safetensors.torch import load_file
+
+    from .model import build_classifier
+
+    weights = load_file(str(Path(model_dir) / WEIGHTS_NAME))
+    if "classifier.weight" not in weights:
+        raise ConfigError(f"{model_dir}: no classifier head in {WEIGHTS_NAME}; expected an exported classifier/ folder")
+    model = build_classifier(load_timm_backbone(model_dir), num_classes=weights["classifier.weight"].shape[0])
+    model.head.load_state_dict({"weight": weights["classifier.weight"], "bias": weights["classifier.bias"]})
+    return model.to(device).eval()

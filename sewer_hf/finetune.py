@@ -6,9 +6,10 @@
     step  -> AdamW, lr = base_lr * global_batch / 256, MultiStep x0.1 at epochs 15 and 35
              (optionally after a linear warm-up: small budgets need one, the paper has none)
     eval  -> every epoch: thresholds fitted on a held-out part of train (F2_CIW with an
-             F1_Normal floor), the epoch chosen there, val scored at 0.5 and at those thresholds
-             next to the constant-predictor baseline; best epoch kept as classifier/
-             (native ViTForImageClassification + its thresholds) and eval.json
+             F1_Normal floor) and the epoch chosen there; the best epoch kept as classifier/
+             (native ViTForImageClassification + its thresholds); at the end val scored once on
+             that classifier, at 0.5 and at its thresholds, next to the constant-predictor
+             baseline: eval.json
 
 Checkpoints, resume, precision and logging are shared with pretraining (sewer_hf.training).
 """
@@ -28,7 +29,7 @@ from sewer_hf import labels as L
 from sewer_hf.config import FinetuneConfig, save_config
 from sewer_hf.errors import DataError
 from sewer_hf.losses import WeightedBCE, prior_logits
-from sewer_hf.metrics import beats_baseline, constant_baseline
+from sewer_hf.metrics import beats_baseline, constant_baseline, learned
 from sewer_hf.sampling import stratified_fraction
 from sewer_hf.sources import load_split
 from sewer_hf.training import (
@@ -37,6 +38,7 @@ from sewer_hf.training import (
     Progress,
     TrainState,
     check_finite,
+    make_adamw,
     make_train_loader,
     mark_weight_decay_groups,
     resume_and_track,
@@ -159,18 +161,23 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.head_bias_from_prior:
         with torch.no_grad():
             model.head.bias.copy_(prior_logits(np.asarray(train_hf["labels"])))
-    trainable = model.head if cfg.linear_probe else model
-    optimizer = torch.optim.AdamW(param_groups(trainable), fused=torch.cuda.is_available())
+    head_groups = [{**group, "lr_scale": cfg.head_lr_scale} for group in param_groups(model.head)]
+    optimizer = make_adamw(head_groups if cfg.linear_probe else param_groups(model.backbone) + head_groups,
+                           accelerator.device)
     mark_weight_decay_groups(optimizer, cfg.weight_decay)
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
     if holdout_loader is not None:
         holdout_loader = accelerator.prepare(holdout_loader)
     evaluation = Evaluation(val_loader, holdout_loader, constant_baseline(np.asarray(val_hf["labels"])))
     model_fwd = torch.compile(model) if cfg.compile else model  # checkpoints use the plain module
+    ema = WeightAverage(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay else None
+    scored = ema.module if ema is not None else model  # what is validated and exported
     criterion = WeightedBCE().to(accelerator.device)
 
     state = FinetuneState()
     accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
     ckpt = CheckpointManager(accelerator, out, keep_last=cfg.keep_last)
     log = MetricsLog(accelerator, out)
 
@@ -208,6 +215,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
             progress.step_done(pixels.shape[0] * accelerator.num_processes, loss,
                                {"lr": float(lr_sched[it])})
             if progress.finished:
@@ -215,11 +224,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
             state.end_epoch()
             if state.epoch % cfg.eval_every_epochs == 0 or state.epoch == cfg.epochs:
-                validate(cfg, accelerator, model, evaluation, state, log)
+                validate(cfg, accelerator, scored, evaluation, state, log)
             progress.save()
     if state.best_epoch < 0 or state.step != progress.last_saved:  # stopped mid-epoch by max_steps
-        validate(cfg, accelerator, model, evaluation, state, log)
+        validate(cfg, accelerator, scored, evaluation, state, log)
     progress.close()
+    if evaluation.holdout is not None and state.best_epoch >= 0:
+        report_val(cfg, accelerator, evaluation, state)
     result = {"steps": state.step, "best_epoch": state.best_epoch, "best_selection_F2_CIW": state.best_f2_ciw,
               "skipped_images": state.skipped_images, "classifier": str(out / "classifier")}
     if accelerator.is_main_process and (out / "eval.json").is_file():
@@ -254,6 +265,31 @@ def split_holdout(train_hf, cfg: FinetuneConfig):
     return train_hf.select(kept), train_hf.select(held)
 
 
+class WeightAverage(torch.nn.Module):
+    """An exponential moving average of the model's weights (buffers copied), its decay ramped
+    up as timm's ModelEma does, ``min(decay, (1 + n) / (10 + n))`` after n updates, so the
+    random init is forgotten fast. A state_dict, so checkpoints carry it and resume exactly.
+    On a short CPU budget the noisy last steps of a small-batch run are smoothed out."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        super().__init__()
+        import copy
+
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        n = float(self.updates)
+        decay = min(self.decay, (1 + n) / (10 + n))
+        mine, theirs = list(self.module.parameters()), list(model.parameters())
+        torch._foreach_lerp_(mine, [p.detach() for p in theirs], 1.0 - decay)
+        for b_mine, b_theirs in zip(self.module.buffers(), model.buffers()):
+            b_mine.copy_(b_theirs)
+
+
 @dataclass
 class Evaluation:
     """What every epoch is scored on: val (reported), the held-out part of train (thresholds and
@@ -265,52 +301,97 @@ class Evaluation:
 
 
 def validate(cfg, accelerator, model, evaluation: Evaluation, state, log) -> None:
-    """Score val (and the hold-out); when the selection score improves, export the classifier
-    with its thresholds, and eval.json."""
-    from sewer_hf.export import save_classifier
+    """Score the selection split (the hold-out, or val when there is none) and fit the
+    thresholds there; when the selection score improves, export the classifier with them.
+    With a hold-out, val is not looked at here: `report_val` scores the chosen classifier once
+    at the end (val is a report, and scoring it every epoch cost ~2 s of a ~30-s CPU epoch)."""
     from sewer_hf.metrics import compute_metrics, tune_thresholds
 
     # Every process holds the gathered scores, so all agree on the best epoch; only main writes.
-    scores, targets = predict_scores(model, evaluation.val, accelerator, desc=f"val epoch {state.epoch}")
-    metrics = compute_metrics(scores, targets)
-    if evaluation.holdout is not None:
-        fit_scores, fit_targets = predict_scores(model, evaluation.holdout, accelerator, desc="hold-out")
-    else:
-        fit_scores, fit_targets = scores, targets
-    thresholds = tune_thresholds(fit_scores, fit_targets) if cfg.tune_thresholds else np.full(L.NUM_CLASSES, 0.5)
-    # the epoch is chosen where the thresholds were fitted, at those thresholds (val stays a report)
-    selection = compute_metrics(fit_scores, fit_targets, thresholds)["F2_CIW"] if evaluation.holdout is not None \
-        else metrics["F2_CIW"]
-    shipped = compute_metrics(scores, targets, thresholds)
+    on_holdout = evaluation.holdout is not None
+    split = "hold-out" if on_holdout else cfg.val_split
+    scores, targets = predict_scores(model, evaluation.holdout if on_holdout else evaluation.val, accelerator,
+                                     desc=f"{split} epoch {state.epoch}")
+    at_half = compute_metrics(scores, targets)
+    thresholds = tune_thresholds(scores, targets) if cfg.tune_thresholds else np.full(L.NUM_CLASSES, 0.5)
+    fitted = compute_metrics(scores, targets, thresholds)
+    # the epoch is chosen where the thresholds were fitted, at those thresholds; without a
+    # hold-out, val at 0.5 (choosing on val at thresholds fitted on val would be doubly optimistic)
+    selection = fitted["F2_CIW"] if on_holdout else at_half["F2_CIW"]
+    prefix = "holdout" if on_holdout else "val"
     headline = ("F2_CIW", "F1_Normal", "mAP")
     log.write({"step": state.step, "epoch": state.epoch, "selection_F2_CIW": selection,
-               **{f"val_{k}": v for k, v in metrics.items() if isinstance(v, float)},
-               **{f"val_shipped_{k}": shipped[k] for k in headline}})
+               **{f"{prefix}_{k}": v for k, v in at_half.items() if isinstance(v, float)},
+               **{f"{prefix}_shipped_{k}": fitted[k] for k in headline}})
     improved = selection > state.best_f2_ciw
-    base = evaluation.baseline
     accelerator.print(
-        f"epoch {state.epoch}: val at 0.5 F2_CIW {100 * metrics['F2_CIW']:.2f} F1_Normal {100 * metrics['F1_Normal']:.2f} "
-        f"mAP {100 * metrics['mAP']:.2f} | at fitted thresholds F2_CIW {100 * shipped['F2_CIW']:.2f} "
-        f"F1_Normal {100 * shipped['F1_Normal']:.2f} | constant predictor F2_CIW {100 * base['F2_CIW']:.2f} "
-        f"F1_Normal {100 * base['F1_Normal']:.2f} mAP {100 * base['mAP']:.2f}" + ("  (best so far)" if improved else ""))
+        f"epoch {state.epoch}: {split} at 0.5 F2_CIW {100 * at_half['F2_CIW']:.2f} F1_Normal "
+        f"{100 * at_half['F1_Normal']:.2f} mAP {100 * at_half['mAP']:.2f} | at fitted thresholds F2_CIW "
+        f"{100 * fitted['F2_CIW']:.2f} F1_Normal {100 * fitted['F1_Normal']:.2f}" + ("  (best so far)" if improved else ""))
     if improved:
         state.best_f2_ciw, state.best_epoch = float(selection), state.epoch
     if improved and accelerator.is_main_process:
         net = accelerator.unwrap_model(model)
-        net = getattr(net, "_orig_mod", net)
-        out = Path(cfg.output_dir)
-        by_class = dict(zip(L.CLASSES, map(float, thresholds)))
-        fitted_on = (f"a held-out {cfg.threshold_holdout:g} of the labelled train split ({len(fit_targets)} images)"
-                     if evaluation.holdout is not None else f"{cfg.val_split} (the reported split: optimistic)")
-        save_classifier(net.backbone, net.head, out / "classifier", image_size=cfg.image_size, thresholds=by_class,
-                        extra_config={"sewer_hf": {"stage": "finetune", "arch": cfg.arch,
-                                                   "linear_probe": cfg.linear_probe, "fraction": cfg.fraction,
-                                                   "backbone": cfg.backbone, "best_epoch": state.epoch,
-                                                   "thresholds_fitted_on": fitted_on}})
-        save_config(cfg, out / "classifier" / "training_config.yaml")
-        report = {"split": cfg.val_split, "epoch": state.epoch, "threshold": 0.5, **metrics,
-                  "shipped_thresholds": by_class, "thresholds_fitted_on": fitted_on,
-                  "at_shipped_thresholds": {k: v for k, v in shipped.items() if isinstance(v, float)},
-                  "constant_baseline": base, "beats_constant_baseline": beats_baseline(shipped, base)}
-        (out / "eval.json").write_text(json.dumps(report, indent=2))
+        export_classifier(cfg, getattr(net, "_orig_mod", net), thresholds, state.epoch, len(targets), on_holdout)
+        if not on_holdout:
+            write_eval_report(cfg, state.epoch, at_half, fitted, thresholds, evaluation.baseline,
+                              fitted_on(cfg, len(targets), False))
     accelerator.wait_for_everyone()
+
+
+def report_val(cfg, accelerator, evaluation: Evaluation, state) -> None:
+    """Val, scored once on the exported classifier (the epoch chosen on the hold-out, with its
+    thresholds), at 0.5 and at the shipped thresholds, next to the constant-predictor baseline:
+    eval.json. Read back from disk, so a resumed run reports what it ships too."""
+    from sewer_hf.export import load_classifier_module, load_classifier_thresholds
+    from sewer_hf.metrics import compute_metrics
+    from transformers import ViTConfig
+
+    accelerator.wait_for_everyone()
+    folder = Path(cfg.output_dir) / "classifier"
+    model = load_classifier_module(folder, accelerator.device)
+    config = ViTConfig.from_pretrained(folder)
+    thresholds = load_classifier_thresholds(config)
+    scores, targets = predict_scores(model, evaluation.val, accelerator, desc=f"{cfg.val_split} (epoch {state.best_epoch})")
+    metrics, shipped = compute_metrics(scores, targets), compute_metrics(scores, targets, thresholds)
+    base = evaluation.baseline
+    accelerator.print(
+        f"{cfg.val_split}, epoch {state.best_epoch} (chosen on the hold-out): at 0.5 F2_CIW {100 * metrics['F2_CIW']:.2f} "
+        f"F1_Normal {100 * metrics['F1_Normal']:.2f} mAP {100 * metrics['mAP']:.2f} | at the shipped thresholds F2_CIW "
+        f"{100 * shipped['F2_CIW']:.2f} F1_Normal {100 * shipped['F1_Normal']:.2f} | constant predictor F2_CIW "
+        f"{100 * base['F2_CIW']:.2f} F1_Normal {100 * base['F1_Normal']:.2f} mAP {100 * base['mAP']:.2f}")
+    if accelerator.is_main_process:
+        write_eval_report(cfg, state.best_epoch, metrics, shipped, thresholds, base,
+                          getattr(config, "sewer_hf", {}).get("thresholds_fitted_on", fitted_on(cfg, None, True)))
+    accelerator.wait_for_everyone()
+
+
+def fitted_on(cfg, n_images: int | None, on_holdout: bool) -> str:
+    if on_holdout:
+        size = f" ({n_images} images)" if n_images is not None else ""
+        return f"a held-out {cfg.threshold_holdout:g} of the labelled train split{size}"
+    return f"{cfg.val_split} (the reported split: optimistic)"
+
+
+def export_classifier(cfg, net, thresholds, epoch: int, n_fit: int, on_holdout: bool) -> None:
+    """classifier/ (native ViTForImageClassification + its thresholds) and its training config."""
+    from sewer_hf.export import save_classifier
+
+    out = Path(cfg.output_dir)
+    save_classifier(net.backbone, net.head, out / "classifier", image_size=cfg.image_size,
+                    thresholds=dict(zip(L.CLASSES, map(float, thresholds))),
+                    extra_config={"sewer_hf": {"stage": "finetune", "arch": cfg.arch,
+                                               "linear_probe": cfg.linear_probe, "fraction": cfg.fraction,
+                                               "backbone": cfg.backbone, "best_epoch": epoch,
+                                               "thresholds_fitted_on": fitted_on(cfg, n_fit, on_holdout)}})
+    save_config(cfg, out / "classifier" / "training_config.yaml")
+
+
+def write_eval_report(cfg, epoch: int, metrics: dict, shipped: dict, thresholds, base: dict, fitted: str) -> None:
+    report = {"split": cfg.val_split, "epoch": epoch, "threshold": 0.5, **metrics,
+              "shipped_thresholds": dict(zip(L.CLASSES, map(float, thresholds))),
+              "thresholds_fitted_on": fitted,
+              "at_shipped_thresholds": {k: v for k, v in shipped.items() if isinstance(v, float)},
+              "constant_baseline": base, "beats_constant_baseline": beats_baseline(shipped, base),
+              "learned": learned(shipped, base)}
+    (Path(cfg.output_dir) / "eval.json").write_text(json.dumps(report, indent=2))

@@ -264,8 +264,11 @@ def _training_summary(release: ModelRelease) -> str:
         best = sewer.get("best_epoch")
         return (f"{mode.capitalize()} on {100 * float(fraction):g} % of {data} (stratified), validated on "
                 f"`{tc.get('val_split', 'Val')}`: {common}; MultiStep lr ×{tc.get('lr_gamma')} at epochs "
-                f"{tc.get('lr_milestones')}."
-                + (f" Best validation epoch: {best}." if best is not None else ""))
+                f"{tc.get('lr_milestones')}"
+                + (f" after a {tc.get('warmup_epochs')}-epoch linear warm-up" if tc.get("warmup_epochs") else "")
+                + (f"; the weights shipped are a moving average (decay {tc.get('ema_decay')})" if tc.get("ema_decay") else "")
+                + "."
+                + (f" Epoch chosen: {best}." if best is not None else ""))
     crops = tc.get("n_local_crops", 0)
     return (f"DINO self-distillation on {data} (no labels): {common}; linear warm-up "
             f"{tc.get('warmup_epochs')} epochs then cosine to {tc.get('min_lr')}; teacher EMA "

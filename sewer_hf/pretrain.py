@@ -32,6 +32,7 @@ from sewer_hf.training import (
     Progress,
     TrainState,
     check_finite,
+    make_adamw,
     make_train_loader,
     mark_weight_decay_groups,
     resume_and_track,
@@ -113,7 +114,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                          teacher_temp=cfg.teacher_temp, warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
                          n_epochs=cfg.epochs, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum)
     groups = param_groups(student) + (param_groups(hybrid_head) if hybrid_head is not None else [])
-    optimizer = torch.optim.AdamW(groups, fused=torch.cuda.is_available())
+    optimizer = make_adamw(groups, accelerator.device)
     mark_weight_decay_groups(optimizer, cfg.weight_decay)
 
     modules = [student, optimizer, loader] + ([hybrid_head] if hybrid_head is not None else [])

@@ -1,6 +1,6 @@
 import pytest
 
-from sewer_hf.config import PretrainConfig, config_from_argv, load_config, parse_overrides
+from sewer_hf.config import FinetuneConfig, PretrainConfig, config_from_argv, load_config, parse_overrides
 from sewer_hf.errors import ConfigError
 from pathlib import Path
 
@@ -29,6 +29,16 @@ def test_overrides_are_typed_and_win_over_the_file():
     assert (cfg.epochs, cfg.max_steps, cfg.batch_size, cfg.hybrid, cfg.base_lr) == (2, 7, 4, True, 4e-3)
     assert cfg.global_crop_scale == (0.4, 1.0)
     assert cfg.resume_from_checkpoint == "latest" and cfg.data is None
+
+
+def test_milestones_take_any_number_of_epochs():
+    cfg = config_from_argv(FinetuneConfig, ["--lr_milestones", "[3, 5, 7]"])
+    assert cfg.lr_milestones == (3, 5, 7)
+    assert config_from_argv(FinetuneConfig, ["--lr_milestones", "15,35"]).lr_milestones == (15, 35)
+    with pytest.raises(ConfigError, match="lr_milestones=.*expected a number"):
+        config_from_argv(FinetuneConfig, ["--lr_milestones", "3,x"])
+    with pytest.raises(ConfigError, match="in order"):
+        config_from_argv(FinetuneConfig, ["--lr_milestones", "7,5,3"])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -87,6 +87,10 @@ def test_finetune_exports_a_stock_pipeline_classifier(tiny_data, backbone_dir, t
     assert report["split"] == "Val" and report["epoch"] == result["best_epoch"]
     assert "held-out" in report["thresholds_fitted_on"]  # not fitted on the reported split
     assert set(report["constant_baseline"]) == {"F2_CIW", "F1_Normal", "mAP"}
+    # the epochs are chosen on the hold-out alone: val is scored once, on the exported classifier
+    epochs = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "selection_F2_CIW" in r]
+    assert len(epochs) == 2 and all("holdout_mAP" in r and not any(k.startswith("val_") for k in r) for r in epochs)
+    assert max(epochs, key=lambda r: r["selection_F2_CIW"])["epoch"] == report["epoch"]
 
     from transformers import AutoConfig, AutoModelForImageClassification, pipeline
     from PIL import Image
@@ -135,16 +139,52 @@ def test_linear_probe_leaves_the_backbone_untouched(tiny_data, backbone_dir, tmp
     assert not torch.equal(after["classifier.weight"], torch.zeros_like(after["classifier.weight"]))
 
 
+def _weight_average(checkpoint):
+    """The WeightAverage state a checkpoint holds (accelerate pickles registered objects in order:
+    the loop counters, then the average)."""
+    return torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=False)
+
+
 def test_fraction_and_resume_from_scratch(tiny_data, tmp_path):
-    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, threshold_holdout=0.0)
+    """A killed run resumes to the same weights, and to the same weight average, which is what
+    the classifier ships."""
+    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, threshold_holdout=0.0, ema_decay=0.9)
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full")))
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4))
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest"))
     a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000006" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoints" / "step_00000006" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    ema_a, ema_b = (_weight_average(tmp_path / run / "checkpoints" / "step_00000006") for run in ("full", "split"))
+    assert int(ema_a["updates"]) == 6 and max((ema_a[k] - ema_b[k]).abs().max().item() for k in ema_a) < 1e-5
+    assert (ema_a["module.head.weight"] - a["head.weight"]).abs().max() > 1e-6  # an average, not the last step
+    epoch = json.loads((tmp_path / "full" / "eval.json").read_text())["epoch"]
+    shipped = load_file(str(tmp_path / "full" / "classifier" / "model.safetensors"))["classifier.weight"]
+    chosen = _weight_average(tmp_path / "full" / "checkpoints" / f"step_{3 * epoch:08d}")
+    assert torch.allclose(shipped, chosen["module.head.weight"])
     lines = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert sum("loss" in r for r in lines) == 6  # 24 of 48 images, batch 8: 3 steps x 2 epochs
+
+
+def test_weight_average_forgets_the_init_then_averages_at_its_decay():
+    from sewer_hf.finetune import WeightAverage
+
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightAverage(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay min(0.99, 2 / 11): mostly the new weights already
+    assert ema.module.weight[0, 0].item() == pytest.approx(1 - 2 / 11)
+    for _ in range(1000):
+        ema.update(model)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    before = ema.module.weight[0, 0].item()
+    ema.update(model)  # after 1,002 updates the ramp (1 + n) / (10 + n) has reached 0.99
+    assert ema.module.weight[0, 0].item() == pytest.approx(before + 0.01 * (2.0 - before))
+    assert not ema.module.weight.requires_grad
 
 
 def test_prior_logits_minimise_the_weighted_loss_among_constants():

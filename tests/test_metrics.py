@@ -347,6 +347,20 @@ def test_constant_baseline_is_what_image_blind_predictors_score():
     assert base["mAP"] == pytest.approx(np.mean(draws), abs=3 * np.std(draws) / np.sqrt(300) + 1e-3)
 
 
+def test_the_learned_bar_fails_every_image_blind_predictor_and_passes_informative_scores():
+    from sewer_hf.metrics import learned
+
+    targets = read_fixture_targets()[:700]
+    base = constant_baseline(targets)
+    rng = np.random.default_rng(1)
+    for blind in (np.zeros(targets.shape), np.ones(targets.shape), rng.random(targets.shape),
+                  np.tile(targets.any(axis=0).astype(float), (len(targets), 1))):
+        assert not all(learned(compute_metrics(blind, targets), base).values())
+    informed = compute_metrics(0.5 * targets + 0.45 * rng.random(targets.shape), targets)
+    assert learned(informed, base) == {"F2_CIW": True, "F1_Normal": True, "mAP": True}
+    assert not learned({**informed, "mAP": 1.9 * base["mAP"]}, base)["mAP"]  # 2x the constant scorer's, not just above
+
+
 def test_f2_over_grid_matches_compute_metrics_and_tuning_is_argmax():
     targets = read_fixture_targets()[:500]
     scores = np.round(noisy_scores(targets, 6), 2)  # ties and scores equal to grid points

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sewer_hf.metrics.baseline import beats_baseline, constant_baseline, expected_random_ap
+from sewer_hf.metrics.baseline import LEARNED_BAR, beats_baseline, constant_baseline, expected_random_ap, learned
 from sewer_hf.metrics.core import (
     DEFAULT_THRESHOLD,
     as_threshold_vector,
@@ -31,7 +31,7 @@ def load_metric(**kwargs):
 
 __all__ = [
     "DEFAULT_GRID", "DEFAULT_THRESHOLD", "METRIC_DIR", "align_by_filename", "as_threshold_vector",
-    "average_precision", "beats_baseline", "constant_baseline", "expected_random_ap", "compute_metrics", "f2_ciw_from_per_class", "format_report", "load_metric",
+    "LEARNED_BAR", "learned", "average_precision", "beats_baseline", "constant_baseline", "expected_random_ap", "compute_metrics", "f2_ciw_from_per_class", "format_report", "load_metric",
     "load_thresholds", "read_annotation_targets", "read_scores_csv", "save_thresholds",
     "tune_thresholds", "write_scores_csv",
 ]
