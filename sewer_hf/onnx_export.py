@@ -12,6 +12,10 @@ torch.export-based default also needs ``onnxscript``. Its tracer warnings about 
 the batch axis varies.
 
     sewer-hf export-onnx --model runs/.../classifier [--out model.onnx] [--opset 17]
+        [--int8 dynamic|static|none] [--check-data /data/sewer-ml --check-split Val] [--check-frames 256]
+
+With ``--int8`` (default ``dynamic``) it also writes ``model.int8.onnx`` and its accuracy check
+``model.int8.check.json`` (``sewer_hf.quantize``): what ``--precision int8|auto`` runs.
 """
 from __future__ import annotations
 
@@ -114,13 +118,34 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip the ONNX Runtime vs PyTorch logits check")
+    parser.add_argument("--int8", choices=("dynamic", "static", "none"), default="dynamic",
+                        help="also write <out>.int8.onnx: dynamic (int8 MatMul/Gemm weights, default), static "
+                             "(activation ranges calibrated on synthetic frames) or none; with its accuracy check")
+    parser.add_argument("--check-data", default=None,
+                        help="labelled Sewer-ML root for the int8 accuracy check (default: held-out synthetic frames)")
+    parser.add_argument("--check-split", default="Val", help="split of --check-data (default Val)")
+    parser.add_argument("--check-frames", type=int, default=None, help="frames in the accuracy check (default 256)")
     parser.set_defaults(func=run_export_onnx)
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    if args.verify:
+    from sewer_hf import quantize as Q
+
+    frames = Q.CHECK_FRAMES if args.check_frames is None else args.check_frames
+    if args.int8 != "none" and frames < 1:
+        raise ConfigError(f"--check-frames {frames}: expected a positive number of frames")
+    if args.verify or args.int8 != "none":
         require_onnxruntime()  # fail before the export, not after
     path = export_onnx(args.model, args.out, opset=args.opset, verify=args.verify)
     checked = f" (logits match PyTorch within {PARITY_TOLERANCE})" if args.verify else ""
     print(f"wrote {path}{checked}")
+    if args.int8 != "none":
+        int8, check = Q.export_int8(args.model, path, args.int8, args.check_data, args.check_split, frames)
+        d = check["delta_points"]
+        verdict = ("passed: offered by --precision int8|auto" if check["passed"] else
+                   "FAILED: --precision int8 will refuse it, auto will not pick it")
+        print(f"wrote {int8} ({args.int8} int8) and {Q.check_path(path)}: on {check['frames']} held-out frames "
+              f"max |dscore| {check['max_abs_score_diff']:.3g}, {100 * check['decisions_changed']:.2f} % of "
+              f"decisions changed, F2_CIW {d['F2_CIW']:+.2f} / F1_Normal {d['F1_Normal']:+.2f} points vs fp32 "
+              f"(bound -{check['bound_points']}): {verdict}")
     return 0

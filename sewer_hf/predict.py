@@ -12,8 +12,14 @@ model are what remain (see benchmarks/inference_cpu.py).
 Backends: "torch" (PyTorch, fp32 by default; `precision="bf16"` casts the weights to bfloat16:
 faster on CPUs with AMX, but scores move by up to ~5e-2, so it is opt-in) and "onnx" (ONNX
 Runtime on a `model.onnx` written by `sewer-hf export-onnx`; fp32 logits equal PyTorch's within
-1e-4). `sewer-hf predict` defaults to "auto": ONNX Runtime when `model.onnx` is there and
-onnxruntime is installed — on a small shared CPU it ran ViT-T 2-3x faster than PyTorch fp32.
+1e-4; `precision="int8"` runs `model.int8.onnx`, only when its shipped accuracy check passed:
+see `sewer_hf.quantize`). `sewer-hf predict` defaults to backend "auto" (ONNX Runtime when
+`model.onnx` is there and onnxruntime is installed) and precision "auto" (the fastest, timed once
+per machine, of fp32 and a checked int8).
+
+Threads: decoding + resizing of the next batch runs in `workers` threads while the model scores
+the current one; by default the model gets all the cores this process may use and one decode
+thread per two cores (`inference_threads`), ONNX Runtime's threads do not spin while idle.
 """
 from __future__ import annotations
 
@@ -35,11 +41,20 @@ from sewer_hf.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = ("fp32", "bf16")
-DEFAULT_BACKEND = "torch"  # of the class; the CLI defaults to "auto"
-DEFAULT_PRECISION = "fp32"  # bf16 is faster on AMX CPUs but not score-exact: opt-in
+PRECISIONS = ("auto", "fp32", "int8", "bf16")
+DEFAULT_BACKEND = "torch"  # of the class (with fp32/bf16); the CLI defaults to "auto"
+DEFAULT_PRECISION = "fp32"  # of the class; the CLI defaults to "auto" (fp32 or a checked int8)
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_WORKERS = 2  # decode/resize threads
+DEFAULT_WORKERS = None  # decode/resize threads: inference_threads()
+
+
+def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
+    """(model threads, decode threads) for this machine: the model takes every core, decoding
+    one thread per two cores (it overlaps with the model and needs ~1/4 of its time on ViT-T)."""
+    from sewer_hf.machine import available_cores
+
+    cores = cores or available_cores()
+    return cores, max(1, cores // 2)
 
 
 class SewerClassifier:
@@ -50,22 +65,35 @@ class SewerClassifier:
     device is the CPU at fp32, else PyTorch. ``threads`` sets the model's intra-op threads."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, threads: Optional[int] = None,
-                 backend: str = DEFAULT_BACKEND, onnx_path: Optional[str | Path] = None,
+                 backend: Optional[str] = None, onnx_path: Optional[str | Path] = None,
                  precision: str = DEFAULT_PRECISION) -> None:
         import torch
         from transformers import AutoConfig
 
         from sewer_hf.export import load_classifier_thresholds
 
+        if backend is None:  # the class's default: PyTorch, unless the precision asks for the ONNX graphs
+            backend = {"int8": "onnx", "auto": "auto"}.get(precision, DEFAULT_BACKEND)
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision={precision!r}: expected one of {PRECISIONS}")
         onnx_file = Path(onnx_path) if onnx_path else Path(model_dir) / "model.onnx"
-        if backend == "auto":
+        self.choice = ""  # how the precision was chosen (auto), for the run's log line
+        if precision == "int8":
+            if backend == "torch":
+                raise ConfigError("precision='int8' runs the int8 ONNX graph with ONNX Runtime; use backend "
+                                  "'onnx' or 'auto', not 'torch'")
+            _require_int8(onnx_file)
+            backend = "onnx"
+        elif precision == "auto":
+            candidates = precision_candidates(onnx_file, device, backend)
+            (backend, precision), self.choice = _fastest(candidates, onnx_file, threads)
+        elif backend == "auto":
             backend = _auto_backend(onnx_file, device, precision)
-        if backend == "onnx" and precision != "fp32":
-            raise ConfigError("the onnx backend runs the exported fp32 graph; use precision='fp32'")
+        if backend == "onnx" and precision == "bf16":
+            raise ConfigError("the onnx backend runs the exported fp32 graph (or its checked int8 twin); "
+                              "precision='bf16' needs backend 'torch'")
         self.model_dir = str(model_dir)
         self.backend, self.precision = backend, precision
         if threads:
@@ -88,8 +116,11 @@ class SewerClassifier:
                 self.model = AutoModelForImageClassification.from_pretrained(self.model_dir).to(self.device, dtype).eval()
             self._dtype = dtype
         else:
+            from sewer_hf.quantize import int8_path
+
             self.model = None
-            self._session = _onnx_session(onnx_file, threads)
+            self.onnx_file = int8_path(onnx_file) if precision == "int8" else onnx_file
+            self._session = _onnx_session(self.onnx_file, threads)
         with model_source_errors(self.model_dir):
             proc = _processor_config(self.model_dir)
         size = proc.get("size", {})
@@ -152,19 +183,27 @@ class SewerClassifier:
         return self.scores_from_uint8(torch.stack([self.resized(im) for im in images]))
 
     def predict_files(self, paths: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
-                      workers: int = DEFAULT_WORKERS, progress: bool = True) -> tuple[np.ndarray, list[int]]:
-        """Scores of the readable files (in order) and the indices of unreadable ones."""
+                      workers: Optional[int] = DEFAULT_WORKERS, progress: bool = True) -> tuple[np.ndarray, list[int]]:
+        """Scores of the readable files (in order) and the indices of unreadable ones. The next
+        batch is decoded (``workers`` threads; default ``inference_threads()``) while the model
+        scores the current one."""
         import torch
         from tqdm.auto import tqdm
 
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}: expected a positive number of images")
+        if workers is None:
+            workers = inference_threads()[1]
         scores, bad = [], []
+        starts = list(range(0, len(paths), batch_size))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
                 tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
-            for start in range(0, len(paths), batch_size):
+            submit = lambda s: [pool.submit(self._load_file, p) for p in paths[s:s + batch_size]]  # noqa: E731
+            pending = submit(starts[0]) if starts else []
+            for k, start in enumerate(starts):
                 chunk = paths[start:start + batch_size]
-                images = list(pool.map(self._load_file, chunk))
+                images = [f.result() for f in pending]
+                pending = submit(starts[k + 1]) if k + 1 < len(starts) else []  # decoded while the model runs
                 ok = [im for im in images if im is not None]
                 bad += [start + i for i, im in enumerate(images) if im is None]
                 if ok:
@@ -177,6 +216,11 @@ class SewerClassifier:
 
         image = decode_rgb(path)
         return None if image is None else self.resized(image)
+
+    def describe(self) -> str:
+        """One line: backend, precision and, under auto, why."""
+        what = "ONNX Runtime" if self.backend == "onnx" else f"PyTorch on {self.device.type}"
+        return f"{what} {self.precision}" + (f" [{self.choice}]" if self.choice else "")
 
     def verdict(self, scores: np.ndarray) -> list[str]:
         """The defect codes at or above their thresholds (empty = normal)."""
@@ -217,6 +261,77 @@ def _auto_backend(onnx_path: Path, device: Optional[str], precision: str) -> str
     on_cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     usable = on_cpu and precision == "fp32" and onnx_path.is_file()
     return "onnx" if usable and importlib.util.find_spec("onnxruntime") is not None else "torch"
+
+
+def _require_int8(onnx_file: Path) -> None:
+    """A clear error unless an int8 model that passed its accuracy check sits next to ``onnx_file``."""
+    from sewer_hf.quantize import int8_path, read_int8_check
+
+    check = read_int8_check(onnx_file)
+    if check is None:
+        raise ConfigError(f"precision='int8': no int8 model at {int8_path(onnx_file)}; write one with "
+                          f"`sewer-hf export-onnx --model <classifier dir> --int8 dynamic`")
+    if not check.get("passed"):
+        raise ConfigError(f"precision='int8': {int8_path(onnx_file)} is not offered: {check.get('why')}; "
+                          f"use --precision fp32 (or auto)")
+
+
+def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = "auto") -> list[tuple[str, str]]:
+    """(backend, precision) pairs that ``precision="auto"`` may pick here, fp32 first. On a GPU:
+    PyTorch fp32. On a CPU: fp32 (ONNX Runtime when ``model.onnx`` is there and the backend
+    allows it, else PyTorch) and int8 when its model passed its accuracy check. bf16 ships no
+    accuracy check, so auto never picks it (and it is 6x slower than fp32 on CPUs without native
+    bf16); ask for it with precision='bf16'."""
+    import importlib.util
+
+    import torch
+
+    from sewer_hf.quantize import read_int8_check
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")
+    on_cpu = device == "cpu" or backend == "onnx" or (device is None and not torch.cuda.is_available())
+    if not on_cpu:
+        return [("torch", "fp32")]
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    if backend == "torch":
+        return [("torch", "fp32")]
+    fp32 = ("onnx", "fp32") if backend == "onnx" or (has_ort and onnx_file.is_file()) else ("torch", "fp32")
+    out = [fp32]
+    if has_ort and fp32[0] == "onnx":  # export-onnx writes the int8 graph next to the fp32 one
+        check = read_int8_check(onnx_file)
+        if check is not None and check.get("passed"):
+            out.append(("onnx", "int8"))
+        elif check is not None:
+            logger.info("int8 model not used: %s", check.get("why"))
+    return out
+
+
+def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Optional[int]) -> tuple[tuple[str, str], str]:
+    """The fastest candidate on this machine (timed once, then cached), and a line saying so."""
+    if len(candidates) == 1:
+        return candidates[0], f"auto: {candidates[0][1]} (the only precision allowed here)"
+    from sewer_hf.quantize import cached_choice, int8_path, machine_key, store_choice, time_scorer
+
+    key = machine_key([onnx_file, int8_path(onnx_file)], threads)
+    cached = cached_choice(key)
+    by_precision = {p: (b, p) for b, p in candidates}
+    if cached in by_precision:
+        return by_precision[cached], f"auto: {cached} (fastest on this machine, timed earlier)"
+    import onnxruntime  # noqa: F401 - candidates here are all ONNX graphs
+
+    timings = {}
+    for backend, precision in candidates:
+        path = int8_path(onnx_file) if precision == "int8" else onnx_file
+        session = _onnx_session(path, threads)
+        shape = session.get_inputs()[0].shape
+        size = (int(shape[3]), int(shape[2]))
+        timings[precision] = time_scorer(
+            lambda px, session=session: session.run(["logits"], {"pixel_values": px.float().numpy()}), size)
+    best = min(timings, key=timings.get)
+    store_choice(key, best, timings)
+    said = ", ".join(f"{p} {1000 * t:.1f} ms/img" for p, t in timings.items())
+    return by_precision[best], f"auto: {best} (fastest on this machine: {said})"
 
 
 def _onnx_session(path: Path, threads: Optional[int]):
@@ -297,18 +412,26 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations-dir", default=None)
     parser.add_argument("--out", default="scores.csv", help="scores file: Filename + the 17 codes")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="decode/resize threads")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="decode/resize threads, overlapped with the model (default: one per two cores)")
     parser.add_argument("--threads", type=int, default=None, help="model intra-op threads (default: all cores)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="onnx: ONNX Runtime on <model>/model.onnx (write it with sewer-hf export-onnx); "
                              "auto (default): onnx when that file exists and onnxruntime is installed, else torch")
     parser.add_argument("--onnx", default=None, help="ONNX file for --backend onnx (default <model>/model.onnx)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
-                        help="torch backend: bf16 weights are faster on AMX CPUs; scores move by ~1e-2")
+    add_precision_argument(parser)
     parser.add_argument("--device", default=None)
     parser.add_argument("--drop-missing", action="store_true",
                         help="leave out the rows of a Sewer-ML split whose image file is missing (default: an error)")
     parser.set_defaults(func=run_predict)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto (default): the fastest on this machine of fp32 and int8 (int8 only if "
+                             "export-onnx wrote it and it passed its accuracy check); int8: ONNX Runtime on "
+                             "<model>/model.int8.onnx; bf16: torch backend, bf16 weights (fast only with "
+                             "AVX512-BF16/AMX; scores move by ~1e-2)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -317,6 +440,7 @@ def run_predict(args: argparse.Namespace) -> int:
     names, paths = list_inputs(args.data, args.split, args.annotations_dir, drop_missing=args.drop_missing)
     clf = SewerClassifier(args.model, device=args.device, threads=args.threads, backend=args.backend,
                           onnx_path=args.onnx, precision=args.precision)
+    print(f"model: {clf.describe()}", file=sys.stderr)
     scores, bad = clf.predict_files(paths, batch_size=args.batch_size, workers=args.workers)
     bad_set = set(bad)
     kept = [n for i, n in enumerate(names) if i not in bad_set]

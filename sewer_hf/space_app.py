@@ -11,7 +11,9 @@
 and call :func:`build_demo`. Settings come from the environment: `MODEL_ID` (a Hub id or a
 classifier folder; default the model bundled with the Space, else the quickstart classifier of
 the checkout), `MAX_IMAGE_PIXELS`, `MAX_VIDEO_SECONDS`, `SPACE_THREADS` (model threads; default
-all cores).
+all cores), `SPACE_PRECISION` (`auto`, `fp32` or `int8`, as `sewer-hf scan --precision`: the
+footage scan runs int8 when the model folder ships a `model.int8.onnx` that passed its accuracy
+check and it is the faster here; the Frame tab's attention map needs the PyTorch fp32 model).
 
 Serving several users on a small CPU: requests run in parallel threads for decoding and
 drawing, but every forward pass goes through one :class:`ModelLane`: concurrent frames are
@@ -190,7 +192,10 @@ class ModelLane:
                                "`make quickstart` or set MODEL_ID to a Hub id or a classifier folder")
         threads = threads or int(os.environ.get("SPACE_THREADS", 0)) or (os.cpu_count() or 1)
         torch.set_num_threads(threads)
-        self.classifier = SewerClassifier(model_id, device="cpu", backend="torch")
+        precision = os.environ.get("SPACE_PRECISION", "auto")
+        self.classifier = SewerClassifier(model_id, device="cpu", threads=threads,
+                                          backend="torch" if precision == "bf16" else "auto",
+                                          precision=precision)
         from transformers import AutoModelForImageClassification
 
         self.eager = AutoModelForImageClassification.from_pretrained(

@@ -296,21 +296,27 @@ def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
     stats = DecodeStats()
     times: list[float] = []
     scores: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
     total = math.ceil(info.duration_s * fps) if info.duration_s else None
     with tempfile.TemporaryDirectory(prefix="sewer_scan_") as thumbs_dir, container, \
             tqdm(total=total, desc="scan", unit="frame", disable=not progress) as bar:
         thumbs = Path(thumbs_dir)
-        for t, frame in sample_frames(container, stream, info, fps, stats, max_duration_s):
-            image = frame.to_image()
-            (thumbs / f"{len(times)}.jpg").write_bytes(_thumbnail_jpeg(image))
-            times.append(t)
-            batch.append(classifier.preprocess(image))
-            if len(batch) == batch_size:
-                scores.append(classifier.scores_from_arrays(batch))
-                bar.update(len(batch))
-                batch = []
-        if batch:
+
+        def batches() -> Iterator[list[np.ndarray]]:
+            """Decoded, resized batches (thumbnails written on the way); runs in the decode thread."""
+            batch: list[np.ndarray] = []
+            for t, frame in sample_frames(container, stream, info, fps, stats, max_duration_s):
+                image = frame.to_image()
+                (thumbs / f"{len(times)}.jpg").write_bytes(_thumbnail_jpeg(image))
+                times.append(t)
+                batch.append(classifier.preprocess(image))
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        # the next batch is decoded (FFmpeg and torchvision release the GIL) while this one is scored
+        for batch in _prefetched(batches()):
             scores.append(classifier.scores_from_arrays(batch))
             bar.update(len(batch))
         if not times:
@@ -328,6 +334,51 @@ def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
         for i in report_frames(result):
             result.thumbnails[i] = (thumbs / f"{i}.jpg").read_bytes()
     return result
+
+
+def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """``items`` produced in a background thread, up to ``depth`` ahead; its exceptions re-raised here.
+    Stopping early (an exception in the consumer) stops the producer at its next item."""
+    import queue
+    import threading
+
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((exc, done))
+
+    worker = threading.Thread(target=produce, name="sewer-scan-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.05)
 
 
 def report_frames(result: ScanResult, limit: int = MAX_REPORT_THUMBNAILS) -> list[int]:
@@ -361,6 +412,10 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="merge detections of one class separated by at most this many seconds")
     parser.add_argument("--max-duration", type=float, default=None, help="refuse videos longer than this (s)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="model intra-op threads (default: all cores)")
+    from sewer_hf.predict import add_precision_argument
+
+    add_precision_argument(parser)
     parser.set_defaults(func=run_scan)
 
 
@@ -373,7 +428,9 @@ def run_scan(args: argparse.Namespace) -> int:
     container.close()
     if args.max_duration is not None and info.duration_s is not None and info.duration_s > args.max_duration:
         raise DataError(f"{args.footage}: {info.duration_s:.1f} s long, over the limit of {args.max_duration:g} s")
-    classifier = SewerClassifier(args.model, device=args.device)
+    classifier = SewerClassifier(args.model, device=args.device, threads=args.threads, backend="auto",
+                                 precision=args.precision)
+    print(f"model: {classifier.describe()}", file=sys.stderr)
     result = scan_footage(args.footage, classifier, fps=args.fps, batch_size=args.batch_size, smooth=args.smooth,
                           merge_gap_s=args.merge_gap, max_duration_s=args.max_duration)
     paths = write_report(result, args.out)

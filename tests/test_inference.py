@@ -145,7 +145,7 @@ def test_export_onnx_cli_and_predict_backend_flag(classifier_dir, image_files, t
     from sewer_hf.cli import main
 
     out = tmp_path / "exported" / "vit.onnx"
-    assert main(["export-onnx", "--model", str(classifier_dir), "--out", str(out)]) == 0
+    assert main(["export-onnx", "--model", str(classifier_dir), "--out", str(out), "--int8", "none"]) == 0
     assert out.is_file() and "match PyTorch" in capsys.readouterr().out
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -186,3 +186,138 @@ def test_auto_backend_prefers_onnx_when_exported(classifier_dir, onnx_path, tmp_
     missing = tmp_path / "none.onnx"
     assert SewerClassifier(classifier_dir, device="cpu", backend="auto", onnx_path=missing).backend == "torch"
     assert SewerClassifier(classifier_dir, device="cpu", backend="auto", precision="bf16").backend == "torch"
+
+
+# --- int8 (issue 17): export, accuracy check, --precision ---------------------------------------
+
+@pytest.fixture(scope="module")
+def int8_export(classifier_dir, tmp_path_factory):
+    """export-onnx with its default int8 (dynamic) into a folder of its own: (fp32 path, check)."""
+    import json
+
+    from sewer_hf.cli import main
+    from sewer_hf.quantize import check_path, int8_path
+
+    out = tmp_path_factory.mktemp("int8") / "model.onnx"
+    assert main(["export-onnx", "--model", str(classifier_dir), "--out", str(out), "--check-frames", "24"]) == 0
+    assert int8_path(out).is_file() and check_path(out).is_file()
+    return out, json.loads(check_path(out).read_text())
+
+
+def test_int8_export_writes_a_check_that_measures_the_int8_model(int8_export):
+    from sewer_hf.quantize import int8_path, sha256
+
+    onnx_file, check = int8_export
+    assert check["precision"] == "int8" and check["method"] == "dynamic" and check["frames"] == 24
+    assert check["int8_sha256"] == sha256(int8_path(onnx_file))
+    assert int8_path(onnx_file).stat().st_size < onnx_file.stat().st_size / 2  # int8 weights
+    assert 0 < check["max_abs_score_diff"] < 0.5  # quantized: scores move, a little
+    assert check["passed"] == all(d >= -check["bound_points"] for d in check["delta_points"].values())
+    for metric in ("F2_CIW", "F1_Normal"):
+        assert check["delta_points"][metric] == pytest.approx(
+            check["candidate"][metric] - check["fp32"][metric], abs=1e-3)
+
+
+def test_compare_scores_passes_within_the_bound_and_fails_beyond_it():
+    from sewer_hf.quantize import compare_scores
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((200, 17)) < 0.2).astype(int)
+    reference = np.clip(targets * 0.6 + rng.random((200, 17)) * 0.5, 0, 1)
+    same = compare_scores(reference, reference.copy(), targets, [0.5] * 17)
+    assert same["passed"] and same["delta_points"] == {"F2_CIW": 0.0, "F1_Normal": 0.0}
+    assert same["max_abs_score_diff"] == 0 and same["decisions_changed"] == 0
+    worse = reference.copy()
+    worse[targets == 1] -= 0.3  # positives fall below their thresholds: recall, hence F2_CIW, drops
+    failed = compare_scores(reference, worse, targets, [0.5] * 17)
+    assert not failed["passed"] and failed["delta_points"]["F2_CIW"] < -0.5
+    assert failed["max_abs_score_diff"] == pytest.approx(0.3) and failed["decisions_changed"] > 0
+
+
+def test_int8_precision_runs_the_checked_model_and_refuses_otherwise(classifier_dir, int8_export, image_files,
+                                                                     tmp_path):
+    import json
+    import shutil
+
+    from sewer_hf.quantize import check_path, int8_path
+
+    onnx_file, check = int8_export
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in (onnx_file, int8_path(onnx_file), check_path(onnx_file)):
+        shutil.copy(f, folder / f.name)
+    local = folder / "model.onnx"
+    passed = dict(check, passed=True)
+    check_path(local).write_text(json.dumps(passed))
+    int8 = SewerClassifier(classifier_dir, precision="int8", onnx_path=local, threads=1)
+    assert int8.backend == "onnx" and int8.precision == "int8" and int8.onnx_file == int8_path(local)
+    fp32 = SewerClassifier(classifier_dir, backend="onnx", onnx_path=local, threads=1)
+    got, _ = int8.predict_files(image_files, batch_size=4, progress=False)
+    ref, _ = fp32.predict_files(image_files, batch_size=4, progress=False)
+    assert 0 < np.abs(got - ref).max() < 0.5  # the int8 graph, not the fp32 one
+    with pytest.raises(ConfigError, match="backend"):
+        SewerClassifier(classifier_dir, backend="torch", precision="int8", onnx_path=local)
+    # a failed check: refused, with the numbers
+    check_path(local).write_text(json.dumps(dict(check, passed=False)))
+    with pytest.raises(ConfigError, match="failed its accuracy check.*F2_CIW"):
+        SewerClassifier(classifier_dir, precision="int8", onnx_path=local)
+    # a replaced int8 file is not the one checked
+    check_path(local).write_text(json.dumps(passed))
+    int8_path(local).write_bytes(int8_path(local).read_bytes() + b"\0")
+    with pytest.raises(ConfigError, match="SHA-256"):
+        SewerClassifier(classifier_dir, precision="int8", onnx_path=local)
+    # no int8 model at all
+    with pytest.raises(ConfigError, match="no int8 model.*export-onnx"):
+        SewerClassifier(classifier_dir, precision="int8", onnx_path=tmp_path / "absent.onnx")
+    with pytest.raises(ConfigError, match="precision"):
+        SewerClassifier(classifier_dir, precision="int4")
+
+
+def test_auto_precision_offers_int8_only_when_checked_and_never_bf16(classifier_dir, int8_export, tmp_path,
+                                                                     monkeypatch):
+    import json
+    import shutil
+
+    from sewer_hf.predict import precision_candidates
+    from sewer_hf.quantize import check_path, int8_path
+
+    monkeypatch.setenv("SEWER_HF_CACHE", str(tmp_path / "cache"))
+    onnx_file, check = int8_export
+    for f in (onnx_file, int8_path(onnx_file)):
+        shutil.copy(f, tmp_path / f.name)
+    local = tmp_path / "model.onnx"
+    check_path(local).write_text(json.dumps(dict(check, passed=True)))
+    assert precision_candidates(local, "cpu") == [("onnx", "fp32"), ("onnx", "int8")]
+    assert precision_candidates(local, "cpu", backend="torch") == [("torch", "fp32")]
+    assert precision_candidates(tmp_path / "none.onnx", "cpu") == [("torch", "fp32")]
+    first = SewerClassifier(classifier_dir, device="cpu", backend="auto", precision="auto", onnx_path=local, threads=1)
+    assert (first.backend, first.precision) in [("onnx", "fp32"), ("onnx", "int8")]
+    assert "fastest on this machine" in first.choice and "ms/img" in first.choice
+    again = SewerClassifier(classifier_dir, device="cpu", backend="auto", precision="auto", onnx_path=local, threads=1)
+    assert again.precision == first.precision and "timed earlier" in again.choice
+    check_path(local).write_text(json.dumps(dict(check, passed=False)))
+    assert precision_candidates(local, "cpu") == [("onnx", "fp32")]
+    only = SewerClassifier(classifier_dir, device="cpu", precision="auto", backend="auto", onnx_path=local)
+    assert (only.backend, only.precision) == ("onnx", "fp32") and "only precision" in only.choice
+
+
+def test_predict_cli_precision_flag(classifier_dir, int8_export, image_files, tmp_path, capsys):
+    from sewer_hf.cli import main
+
+    onnx_file, check = int8_export
+    scores_csv = tmp_path / "scores.csv"
+    args = ["predict", "--model", str(classifier_dir), "--data", str(tmp_path / "frames"), "--out", str(scores_csv),
+            "--onnx", str(onnx_file), "--threads", "1"]
+    (tmp_path / "frames").mkdir()
+    for p in image_files[:3]:
+        Image.open(p).convert("RGB").save(tmp_path / "frames" / (p.rsplit("/", 1)[-1].rsplit(".", 1)[0] + ".png"))
+    code = main(args + ["--precision", "int8"])
+    err = capsys.readouterr().err
+    if check["passed"]:
+        assert code == 0 and "ONNX Runtime int8" in err
+    else:
+        assert code == 2 and "failed its accuracy check" in err
+    assert main(args + ["--precision", "fp32"]) == 0
+    assert "ONNX Runtime fp32" in capsys.readouterr().err
+    assert main(args + ["--precision", "int8", "--onnx", str(tmp_path / "none.onnx")]) == 2
+    assert "no int8 model" in capsys.readouterr().err

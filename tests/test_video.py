@@ -155,6 +155,66 @@ def test_damaged_packets_are_skipped_and_counted(classifier, footage, tmp_path):
     assert "damaged frame(s) could not be decoded" in (tmp_path / "r" / "report.html").read_text()
 
 
+def test_decode_thread_hands_over_batches_in_order_and_its_errors(classifier, footage):
+    from sewer_hf.video import _prefetched
+
+    def items():
+        yield from range(5)
+        raise DataError("frame 5 is broken")
+
+    got = []
+    with pytest.raises(DataError, match="frame 5"):
+        for item in _prefetched(items()):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+    # a consumer that stops early does not leave the producer blocked
+    stream = _prefetched(iter(range(1000)), depth=1)
+    assert next(stream) == 0
+    stream.close()
+
+    class Failing:  # the model fails on the second batch: the scan stops with that error
+        thresholds, model_dir, calls = classifier.thresholds, classifier.model_dir, 0
+        preprocess = staticmethod(classifier.preprocess)
+
+        def scores_from_arrays(self, arrays):
+            Failing.calls += 1
+            if Failing.calls == 2:
+                raise RuntimeError("model broke")
+            return classifier.scores_from_arrays(arrays)
+
+    with pytest.raises(RuntimeError, match="model broke"):
+        scan_footage(footage, Failing(), fps=2, batch_size=4, progress=False)
+
+
+def test_scan_precision_int8(classifier, footage, tmp_path, capsys):
+    import shutil
+
+    from sewer_hf.cli import main
+
+    model_dir = tmp_path / "classifier"
+    shutil.copytree(classifier.model_dir, model_dir)
+    args = ["scan", str(footage), "--model", str(model_dir), "--out", str(tmp_path / "r"), "--threads", "1"]
+    assert main(args + ["--precision", "int8"]) == 2
+    assert "no int8 model" in capsys.readouterr().err
+    assert main(["export-onnx", "--model", str(model_dir), "--check-frames", "16"]) == 0
+    passed = "passed: offered" in capsys.readouterr().out
+    code = main(args + ["--precision", "int8"])
+    err = capsys.readouterr().err
+    if passed:
+        assert code == 0 and "ONNX Runtime int8" in err
+    else:
+        assert code == 2 and "failed its accuracy check" in err
+    assert main(args + ["--precision", "fp32", "--out", str(tmp_path / "r32")]) == 0
+    assert "ONNX Runtime fp32" in capsys.readouterr().err
+    rows = list(csv.reader((tmp_path / "r32" / "timeline.csv").open()))
+    assert len(rows) - 1 == FOOTAGE_SECONDS * 2
+    if passed:  # int8 and fp32 timelines: same samples, scores close
+        rows8 = list(csv.reader((tmp_path / "r" / "timeline.csv").open()))
+        a = np.array([[float(x) for x in r[1:18]] for r in rows[1:]])
+        b = np.array([[float(x) for x in r[1:18]] for r in rows8[1:]])
+        assert a.shape == b.shape and np.abs(a - b).max() < 0.2
+
+
 def test_unreadable_files_are_clear_data_errors(classifier, footage, tmp_path):
     import av
 
