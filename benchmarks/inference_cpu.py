@@ -1,20 +1,27 @@
-"""CPU inference, end to end: 720x576 PNG files -> 17 scores, ViT-T/16 at 224 px.
+"""CPU inference, end to end: 720x576 PNG files -> 17 scores, ViT-T/16 at 224 px; and footage.
 
 Stock ``pipeline("image-classification", model=DIR, top_k=17)`` fed file paths (the baseline,
-at its best batch size) vs the project's ``SewerClassifier.predict_files`` and its variants:
-decode/resize implementations, thread counts, fp32 / bf16, PyTorch / ONNX Runtime. All measured
-in this run, on a random-weight classifier and synthetic frames written to a temporary folder
-(no downloads). Also checks that the scores agree with the stock pipeline's.
+at its best batch size) vs the project's ``SewerClassifier.predict_files`` in every precision:
+ONNX Runtime fp32, int8 dynamic and int8 static (both written by ``sewer-hf export-onnx``, each
+with its accuracy check), PyTorch fp32 and bf16 weights; thread/decode splits; each model alone;
+and a footage line: ``scan`` of a synthetic 720x576 25 fps clip at 2 fps (sampled frames/s, and
+what that makes of an hour of footage). All measured in this run, on a random-weight classifier
+and synthetic frames written to a temporary folder (no downloads). Every rate is also given as a
+ratio to the stock pipeline measured in the same run.
+
+A random-weight ViT is not a trained one: its accuracy check (int8 vs fp32 on held-out synthetic
+frames) is printed, and ``auto`` uses int8 only if that check passed, as ``predict`` would.
 
 The last line is ``speedup_vs_pipeline=X img_per_s=Y`` for the default of ``sewer-hf predict``
-(backend auto: ONNX Runtime when ``model.onnx`` sits next to the model). Other jobs on the
-same cores change every figure: the load average is printed; compare ratios within one run.
+(backend auto, precision auto). Other jobs on the same cores change every figure: the load
+average is printed; compare ratios within one run.
 
-    python benchmarks/inference_cpu.py [--quick] [--images 48] [--threads 2] [--compile]
+    python benchmarks/inference_cpu.py [--quick] [--images 48] [--threads 2] [--footage-seconds 60] [--compile]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -25,8 +32,10 @@ def _parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few images, fewer variants (smoke run)")
     parser.add_argument("--images", type=int, default=None, help="frames to score (default 48, quick 16)")
-    parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch / ONNX Runtime intra-op threads (default: the cores this process may use)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--footage-seconds", type=float, default=None, help="synthetic clip length (default 60, quick 20)")
     return parser.parse_args(argv)
 
 
@@ -110,23 +119,44 @@ def main(argv=None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
+    from sewer_hf import quantize as Q
+    from sewer_hf.machine import available_cores
     from sewer_hf.onnx_export import export_onnx
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.predict import SewerClassifier, inference_threads
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(args.threads)
+    threads = args.threads or inference_threads()[0]
+    torch.set_num_threads(threads)
     n_images = args.images or (16 if args.quick else 48)
+    clip_s = args.footage_seconds or (20.0 if args.quick else 60.0)
+    check_frames = 64 if args.quick else Q.CHECK_FRAMES
     repeats = 2  # best of 2: the first run doubles as warm-up
     batch = 16
-    print(f"{n_images} PNG frames 720x576 -> ViT-T/16 224 px, 17 classes; {os.cpu_count()} CPUs, "
-          f"model threads {args.threads}, load average at start {os.getloadavg()[0]:.2f}")
+    print(f"{n_images} PNG frames 720x576 -> ViT-T/16 224 px, 17 classes; {available_cores()} cores "
+          f"(CPU features: {Q.cpu_features()}), model threads {threads}, decode threads "
+          f"{inference_threads()[1]}, load average at start {os.getloadavg()[0]:.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SEWER_HF_CACHE"] = str(Path(tmp) / "cache")  # auto times the precisions afresh
         t0 = time.perf_counter()
         model_dir, paths = _make_inputs(Path(tmp), n_images)
-        export_onnx(model_dir)  # writes <model>/model.onnx: what `sewer-hf predict` picks up
-        print(f"setup (model, frames, ONNX export + check) {time.perf_counter() - t0:.1f} s")
+        onnx_file = export_onnx(model_dir)  # writes <model>/model.onnx: what `sewer-hf predict` picks up
+        checks = {}
+        _, checks["int8 dynamic"] = Q.export_int8(model_dir, onnx_file, "dynamic", frames=check_frames, threads=threads)
+        static_onnx = Path(tmp) / "static" / "model.onnx"
+        static_onnx.parent.mkdir()
+        static_onnx.write_bytes(onnx_file.read_bytes())
+        _, checks["int8 static"] = Q.export_int8(model_dir, static_onnx, "static", frames=check_frames, threads=threads)
+        print(f"setup (model, frames, ONNX export + check, int8 dynamic + static with {check_frames}-frame "
+              f"accuracy checks) {time.perf_counter() - t0:.1f} s")
+        for name, c in checks.items():
+            d = c["delta_points"]
+            print(f"accuracy check, {name} vs fp32 on {c['frames']} held-out synthetic frames: max |dscore| "
+                  f"{c['max_abs_score_diff']:.3g}, mean {c['mean_abs_score_diff']:.2g}, decisions changed "
+                  f"{100 * c['decisions_changed']:.2f} %, F2_CIW {c['fp32']['F2_CIW']:.2f} -> {c['candidate']['F2_CIW']:.2f} "
+                  f"({d['F2_CIW']:+.2f}), F1_Normal {c['fp32']['F1_Normal']:.2f} -> {c['candidate']['F1_Normal']:.2f} "
+                  f"({d['F1_Normal']:+.2f}) points: {'passed' if c['passed'] else 'FAILED'} (bound -{c['bound_points']})")
         rows: list[tuple[str, float, str]] = []
 
         # -- baseline: the stock pipeline, fed paths, at its best batch size ----------------------
@@ -138,32 +168,45 @@ def main(argv=None) -> int:
             if rate > base_rate:
                 base_rate, base_scores = rate, _pipeline_scores(out)
 
-        def ours(clf, workers=2, batch_size=batch):
+        def ours(clf, workers=None, batch_size=batch):
             return lambda: clf.predict_files(paths, batch_size=batch_size, workers=workers, progress=False)[0]
 
         def diff(scores, reference, name) -> str:
             return f"max |score - {name}| {np.abs(scores - reference).max():.1e}"
 
-        # -- the default of `sewer-hf predict` (backend auto -> ONNX Runtime, model.onnx exists) --
-        default = SewerClassifier(model_dir, device="cpu", threads=args.threads, backend="auto")
-        assert default.backend == "onnx"
+        # -- the default of `sewer-hf predict`: backend auto, precision auto -----------------------
+        default = SewerClassifier(model_dir, device="cpu", threads=threads, backend="auto", precision="auto")
         default_rate, default_scores = _rate(ours(default), n_images, repeats)
-        rows.append(("ours, default: PIL decode + torchvision resize, ONNX Runtime fp32", default_rate,
+        rows.append((f"ours, default (auto -> {default.backend} {default.precision})", default_rate,
                      diff(default_scores, base_scores, "pipeline")))
+        fp32 = SewerClassifier(model_dir, device="cpu", threads=threads, backend="onnx", precision="fp32")
+        fp32_rate, fp32_scores = _rate(ours(fp32), n_images, repeats)
+        rows.append(("ours, ONNX Runtime fp32", fp32_rate, diff(fp32_scores, base_scores, "pipeline")))
+        int8 = {}
+        for name, onnx_path in (("int8 dynamic", onnx_file), ("int8 static", static_onnx)):
+            if not checks[name]["passed"]:
+                Q.check_path(onnx_path).write_text(json.dumps(dict(checks[name], passed=True)))  # measure it anyway
+            int8[name] = SewerClassifier(model_dir, threads=threads, precision="int8", onnx_path=onnx_path)
+            rate, scores = _rate(ours(int8[name]), n_images, repeats)
+            mark = "" if checks[name]["passed"] else " (FAILED its check: not offered)"
+            rows.append((f"ours, ONNX Runtime {name}{mark}", rate, diff(scores, fp32_scores, "fp32")))
         if not args.quick:
-            rate, _ = _rate(ours(default, workers=1), n_images, repeats)
-            rows.append(("  same, 1 decode worker", rate, ""))
-            rate, _ = _rate(ours(default, batch_size=32), n_images, repeats)
-            rows.append(("  same, batch_size=32", rate, ""))
+            for label, clf, kw in (("default, 1 decode thread", default, {"workers": 1}),
+                                   ("default, 2 decode threads", default, {"workers": 2}),
+                                   ("default, batch_size=32", default, {"batch_size": 32})):
+                rate, _ = _rate(ours(clf, **kw), n_images, repeats)
+                rows.append((f"  {label}", rate, ""))
+            one = SewerClassifier(model_dir, device="cpu", threads=1, backend="onnx", precision=default.precision)
+            rate, _ = _rate(ours(one, workers=1), n_images, repeats)
+            rows.append((f"  {default.precision}, 1 model thread + 1 decode thread", rate, ""))
 
-        clf = SewerClassifier(model_dir, device="cpu", threads=args.threads, backend="torch")
+        clf = SewerClassifier(model_dir, device="cpu", threads=threads, backend="torch")
         torch_rate, torch_scores = _rate(ours(clf), n_images, repeats)
-        rows.append(("ours, same preprocessing, torch fp32", torch_rate, diff(torch_scores, base_scores, "pipeline")))
+        rows.append(("ours, torch fp32", torch_rate, diff(torch_scores, base_scores, "pipeline")))
         exact_load = clf._load_file
         if not args.quick:  # preprocessing variants, torch fp32 model
             variants = {
                 "PIL decode + PIL bicubic resize (previous path)": lambda p: _pil_resize(_pil_decode(p)),
-                "PIL decode + PIL resize, reducing_gap=1.5": lambda p: _pil_resize(_pil_decode(p), 1.5),
                 "torchvision decode_png + torchvision resize": _tv_decode_resize,
             }
             for name, load_fn in variants.items():
@@ -172,19 +215,22 @@ def main(argv=None) -> int:
                 rows.append((f"  {name}", rate, diff(scores, torch_scores, "torchvision resize")))
             clf._load_file = exact_load
 
-        bf16 = SewerClassifier(model_dir, device="cpu", threads=args.threads, precision="bf16")
+        bf16 = SewerClassifier(model_dir, device="cpu", threads=threads, precision="bf16")
         rate, scores = _rate(ours(bf16), n_images, repeats)
-        rows.append(("ours, same preprocessing, torch bf16 weights", rate, diff(scores, torch_scores, "fp32")))
+        native = "native bf16" if Q.native_bf16() else "no native bf16 here: auto never picks it"
+        rows.append((f"ours, torch bf16 weights ({native})", rate, diff(scores, torch_scores, "fp32")))
 
         # the parts alone: decode + resize, and the model on a batch of 16
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(inference_threads()[1]) as pool:
             rate, _ = _rate(lambda: list(pool.map(exact_load, paths)), n_images, repeats)
-        rows.append(("  decode + resize alone, 2 threads", rate, ""))
+        rows.append((f"  decode + resize alone, {inference_threads()[1]} thread(s)", rate, ""))
         pixels = torch.stack([exact_load(p) for p in paths[:batch]])
         model_alone = {}
-        for name, model in (("ONNX Runtime fp32", default), ("torch fp32", clf), ("torch bf16 weights", bf16)):
+        for name, model in (("ONNX Runtime fp32", fp32), ("ONNX Runtime int8 dynamic", int8["int8 dynamic"]),
+                            ("ONNX Runtime int8 static", int8["int8 static"]), ("torch fp32", clf),
+                            ("torch bf16 weights", bf16)):
             rate, _ = _rate(lambda model=model: model.scores_from_uint8(pixels), batch, repeats + 1)
             rows.append((f"  model alone, {name}, batch {batch}", rate, ""))
             model_alone[name] = rate
@@ -197,16 +243,33 @@ def main(argv=None) -> int:
             rate, _ = _rate(ours(clf), n_images, repeats)
             rows.append((f"ours, torch.compile fp32 (compile {compile_s:.0f} s)", rate, ""))
 
+        # -- footage: scan a synthetic clip at 2 fps ----------------------------------------------
+        from sewer_hf.footage import write_footage
+        from sewer_hf.video import scan_footage
+
+        clip = Path(tmp) / "pipe.mp4"
+        t0 = time.perf_counter()
+        write_footage(clip, clip_s, seed=3, fps=25, size=(720, 576), progress=False)
+        print(f"footage: {clip_s:g} s synthetic clip, 720x576 at 25 fps, written in {time.perf_counter() - t0:.1f} s")
+        footage = {}
+        for name, scanner in ((f"default ({default.precision})", default), ("ONNX Runtime fp32", fp32)):
+            t0 = time.perf_counter()
+            result = scan_footage(clip, scanner, fps=2, progress=False)
+            footage[name] = (result.stats.sampled / (time.perf_counter() - t0), result.stats.sampled,
+                             result.stats.decoded)
+
     width = max(len(r[0]) for r in rows)
     print(f"{'variant':{width}s}  img/s   vs best pipeline")
     for name, rate, note in rows:
         print(f"{name:{width}s}  {rate:6.1f}  x{rate / base_rate:4.2f}  {note}")
+    for name, (rate, sampled, decoded) in footage.items():
+        print(f"footage: scan at 2 fps, {name}: {rate:.1f} sampled frames/s ({sampled} sampled of {decoded} "
+              f"decoded) -> one hour of 25 fps footage in {7200 / rate / 60:.1f} min (goal >= 40 frames/s, <= 3 min)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
-    # Decoding, resizing and the model share the same cores, so no fp32 path can beat the
-    # fp32 model alone: this ceiling says what speed-up over the pipeline is reachable at all.
-    fp32_alone = max(model_alone["ONNX Runtime fp32"], model_alone["torch fp32"])
-    print(f"ceiling: fp32 model alone {fp32_alone:.1f} img/s = x{fp32_alone / base_rate:.2f} the pipeline "
-          f"(bf16 weights: x{model_alone['torch bf16 weights'] / base_rate:.2f}), with free decoding and resizing")
+    alone = {k: v for k, v in model_alone.items() if "bf16" not in k}
+    best = max(alone, key=alone.get)
+    print(f"ceiling: model alone, {best}: {alone[best]:.1f} img/s = x{alone[best] / base_rate:.2f} the pipeline, "
+          f"with free decoding and resizing")
     print(f"speedup_vs_pipeline={default_rate / base_rate:.2f} img_per_s={default_rate:.1f}")
     return 0
 

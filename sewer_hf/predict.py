@@ -62,7 +62,10 @@ class SewerClassifier:
 
     ``backend="onnx"`` runs ``onnx_path`` (default ``<model_dir>/model.onnx``) with ONNX Runtime
     on the CPU; ``"auto"`` picks it when that file exists, onnxruntime is installed and the
-    device is the CPU at fp32, else PyTorch. ``threads`` sets the model's intra-op threads."""
+    device is the CPU at fp32, else PyTorch (the default, ``None``, is PyTorch for fp32/bf16).
+    ``precision="int8"`` runs ``model.int8.onnx`` next to it, if its accuracy check passed;
+    ``"auto"`` the fastest here of the allowed precisions (``precision_candidates``), said in
+    ``choice``. ``threads`` sets the model's intra-op threads."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, threads: Optional[int] = None,
                  backend: Optional[str] = None, onnx_path: Optional[str | Path] = None,
