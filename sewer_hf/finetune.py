@@ -4,7 +4,9 @@
     model -> pretrained backbone (or random init) + new linear head on the CLS token
     loss  -> BCE with logits, pos_weight = 2 (1 + CIW_c / mean CIW)
     step  -> AdamW, lr = base_lr * global_batch / 256, MultiStep x0.1 at epochs 15 and 35
-             (optionally after a linear warm-up: small budgets need one, the paper has none)
+             (optionally after a linear warm-up: small budgets need one, the paper has none;
+             optionally the new head at head_lr_scale x that lr, and a moving average of the
+             weights, ema_decay, scored and shipped instead of the last step's)
     eval  -> every epoch: thresholds fitted on a held-out part of train (F2_CIW with an
              F1_Normal floor) and the epoch chosen there; the best epoch kept as classifier/
              (native ViTForImageClassification + its thresholds); at the end val scored once on
