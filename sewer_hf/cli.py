@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "push": ("sewer_hf.hub", "add_push_arguments", "upload an exported model with its model card to the Hub"),
     "push-dataset": ("sewer_hf.hub", "add_push_dataset_arguments", "upload prepared Sewer-ML shards as a dataset repo"),
     "push-space": ("sewer_hf.space", "add_push_space_arguments", "build the Gradio Space of a classifier and upload it"),
-    "export-onnx": ("sewer_hf.onnx_export", "add_export_onnx_arguments", "write model.onnx for the ONNX Runtime backend"),
+    "export-onnx": ("sewer_hf.onnx_export", "add_export_onnx_arguments", "write model.onnx (+ checked model.int8.onnx) for ONNX Runtime"),
 }
 
 
