@@ -32,9 +32,9 @@ class AttentionExplainer:
 
         clf = self.classifier
         array = clf.preprocess(image)
-        pixels = torch.from_numpy(array[None]).to(clf.device).permute(0, 3, 1, 2).float()
+        pixels = torch.from_numpy(array[None]).permute(0, 3, 1, 2)
         with torch.inference_mode():
-            out = self.model(pixel_values=pixels * clf._scale + clf._shift, output_attentions=True)
+            out = self.model(pixel_values=clf.pixel_values(pixels), output_attentions=True)
         if not out.attentions:
             raise RuntimeError("the model returned no attention weights (needs attn_implementation='eager')")
         last = out.attentions[-1][0]  # (heads, tokens, tokens)

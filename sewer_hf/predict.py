@@ -158,13 +158,17 @@ class SewerClassifier:
         """Image (see ``resized``) -> (H, W, 3) uint8 array at the model's size (plain bicubic resize, as trained)."""
         return self.resized(image).permute(1, 2, 0).numpy()
 
+    def pixel_values(self, batch):
+        """(N, 3, H, W) uint8 tensor at the model's size -> the model's normalised float input."""
+        return batch.to(self.device).float() * self._scale + self._shift
+
     # -- scoring ------------------------------------------------------------------------------
 
     def scores_from_uint8(self, batch) -> np.ndarray:
         """(N, 3, H, W) uint8 tensor at the model's size -> (N, 17) sigmoid scores."""
         import torch
 
-        pixel_values = batch.to(self.device).float() * self._scale + self._shift
+        pixel_values = self.pixel_values(batch)
         if self.backend == "onnx":
             logits = torch.from_numpy(self._session.run(["logits"], {"pixel_values": pixel_values.numpy()})[0])
         else:

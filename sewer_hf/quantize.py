@@ -98,12 +98,6 @@ def labelled_frames(classifier, data: str, split: str, n: int) -> tuple[np.ndarr
     return torch.stack(pixels).numpy(), np.asarray(rows["labels"], dtype=np.int64)
 
 
-def _pixel_values(classifier, uint8: np.ndarray) -> np.ndarray:
-    import torch
-
-    return (torch.from_numpy(uint8).float() * classifier._scale + classifier._shift).numpy()
-
-
 # ------------------------------------------------------------------------------------------------
 # Quantization
 # ------------------------------------------------------------------------------------------------
@@ -184,6 +178,8 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
                 threads: Optional[int] = None) -> tuple[Path, dict]:
     """Quantize ``onnx_path`` (fp32) to int8 next to it and write the accuracy check.
     Returns (int8 path, check dict)."""
+    import torch
+
     from sewer_hf.predict import SewerClassifier
 
     if frames < 1:
@@ -194,7 +190,7 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
     calibration = None
     if method == "static":
         cal_uint8, _ = synthetic_frames(fp32, CALIBRATION_FRAMES, CALIBRATION_SEED)
-        calibration = _pixel_values(fp32, cal_uint8)
+        calibration = fp32.pixel_values(torch.from_numpy(cal_uint8)).numpy()
     t0 = time.perf_counter()
     quantize_int8(onnx_path, out, method, calibration)
     quantize_s = time.perf_counter() - t0
@@ -205,7 +201,7 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
         uint8, targets = synthetic_frames(fp32, frames, CHECK_SEED)
         source = (f"synthetic (sewer_hf.synth, seed {CHECK_SEED}, {CHECK_FRAME_SIZE[0]}x{CHECK_FRAME_SIZE[1]}); "
                   "pass --check-data for real held-out frames")
-    pixel_values = _pixel_values(fp32, uint8)
+    pixel_values = fp32.pixel_values(torch.from_numpy(uint8)).numpy()
     reference = _session_scores(onnx_path, pixel_values, threads)
     candidate = _session_scores(out, pixel_values, threads)
     check = compare_scores(reference, candidate, targets, fp32.thresholds)

@@ -252,9 +252,9 @@ class ModelLane:
         import torch
 
         clf = self.classifier
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         with self._lock, torch.inference_mode():
-            out = self.eager(pixel_values=pixels * clf._scale + clf._shift, output_attentions=True)
+            out = self.eager(pixel_values=clf.pixel_values(pixels), output_attentions=True)
         self.batches.append(len(arrays))
         scores = torch.sigmoid(out.logits.float()).numpy()
         cls_to_patches = out.attentions[-1][:, :, 0, 1:].mean(dim=1)  # (N, patches), mean over heads
