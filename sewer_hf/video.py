@@ -315,8 +315,11 @@ def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
             if batch:
                 yield batch
 
-        # the next batch is decoded (FFmpeg and torchvision release the GIL) while this one is scored
-        for batch in _prefetched(batches()):
+        from sewer_hf.device_feed import DevicePrefetcher
+
+        # the next batch is decoded in a background thread (FFmpeg and torchvision release the GIL)
+        # while this one is scored; its errors are raised here
+        for batch in DevicePrefetcher(batches(), lambda ready: ready, "cpu", mode="thread", depth=2):
             scores.append(classifier.scores_from_arrays(batch))
             bar.update(len(batch))
         if not times:
@@ -334,51 +337,6 @@ def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
         for i in report_frames(result):
             result.thumbnails[i] = (thumbs / f"{i}.jpg").read_bytes()
     return result
-
-
-def _prefetched(items: Iterator, depth: int = 2) -> Iterator:
-    """``items`` produced in a background thread, up to ``depth`` ahead; its exceptions re-raised here.
-    Stopping early (an exception in the consumer) stops the producer at its next item."""
-    import queue
-    import threading
-
-    q: "queue.Queue" = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put((None, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((None, done))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            q.put((exc, done))
-
-    worker = threading.Thread(target=produce, name="sewer-scan-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            exc, item = q.get()
-            if exc is not None:
-                raise exc
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
-            worker.join(timeout=0.05)
 
 
 def report_frames(result: ScanResult, limit: int = MAX_REPORT_THUMBNAILS) -> list[int]:

@@ -156,7 +156,10 @@ def test_damaged_packets_are_skipped_and_counted(classifier, footage, tmp_path):
 
 
 def test_decode_thread_hands_over_batches_in_order_and_its_errors(classifier, footage):
-    from sewer_hf.video import _prefetched
+    from sewer_hf.device_feed import DevicePrefetcher
+
+    def _prefetched(items, depth=2):  # what scan_footage reads its batches through
+        return iter(DevicePrefetcher(items, lambda batch: batch, "cpu", mode="thread", depth=depth))
 
     def items():
         yield from range(5)
