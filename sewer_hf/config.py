@@ -139,6 +139,7 @@ class PretrainConfig(RunConfig):
     knn_k: int = 20
     knn_temperature: float = 0.07
     knn_max_train: int = 5000
+    knn_every_epochs: int = 0  # > 0: also a kNN mAP of the teacher every N epochs (a learning curve); 0 = at the end only
     save_rank_states: bool = False  # each process writes its teacher + center (multi-process checks)
 
     @property
@@ -253,6 +254,7 @@ DOMAINS: dict[str, Domain] = {
     "knn_k": AT_LEAST_ONE,
     "knn_temperature": POSITIVE,
     "knn_max_train": AT_LEAST_ONE,
+    "knn_every_epochs": Domain(0, note="0 = kNN at the end only"),
     # --- FinetuneConfig ----------------------------------------------------------------------------------
     "fraction": Domain(0, 1, lo_open=True, note="e.g. 0.1, 0.5 or 1.0"),
     "lr_milestones": Domain(0, ordered=True, note="epochs, in order"),

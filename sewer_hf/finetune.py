@@ -139,6 +139,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         chosen = stratified_fraction(np.asarray(train_hf["labels"]), cfg.fraction, seed=cfg.seed)
         train_hf = train_hf.select(chosen)
     train_hf, holdout_hf = split_holdout(train_hf, cfg)
+    if accelerator.is_main_process:
+        write_train_rows(out, cfg, n_full, train_hf, holdout_hf)
     # on the device, the workers decode and resize (the reference's first step): decode_size = image_size
     aug = finetune_augmentation(cfg.augmentation)
     train = train_data(
@@ -265,6 +267,20 @@ def split_holdout(train_hf, cfg: FinetuneConfig):
         raise DataError(f"threshold_holdout={cfg.threshold_holdout} of {len(train_hf)} labelled images leaves "
                         f"{len(kept)} to train on and {len(held)} to fit thresholds on; change threshold_holdout")
     return train_hf.select(kept), train_hf.select(held)
+
+
+def write_train_rows(out: Path, cfg: FinetuneConfig, n_full: int, train_hf, holdout_hf) -> None:
+    """`train_rows.json`: the files trained on and held out (for thresholds), so a run can be
+    audited and compared with another (e.g. the same labelled subset across arms)."""
+    def names(hf):
+        return [] if hf is None else list(hf["filename"]) if "filename" in hf.column_names else []
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"split": cfg.split, "rows_in_split": n_full, "fraction": cfg.fraction, "seed": cfg.seed,
+              "trained_on": names(train_hf), "held_out": names(holdout_hf)}
+    tmp = out / "train_rows.json.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(out / "train_rows.json")
 
 
 class WeightAverage(torch.nn.Module):

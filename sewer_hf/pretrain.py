@@ -151,6 +151,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     probe = None
     if accelerator.is_main_process and cfg.rankme_samples > 0:
         probe = fixed_subset(load_split(data, cfg.val_split, labelled=False, required=False) or train_hf, cfg.rankme_samples, cfg.seed)
+    knn_curve = KnnCurve(cfg, data, train_hf) if accelerator.is_main_process and cfg.knn_every_epochs else None
 
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
@@ -204,6 +205,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
             state.end_epoch()
             epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch)
+            if knn_curve is not None and (state.epoch % cfg.knn_every_epochs == 0 or state.epoch == cfg.epochs):
+                knn_curve.log(_unwrap(teacher).backbone, accelerator.device, state, log, epoch)
             progress.save()
     progress.close()
 
@@ -254,6 +257,28 @@ def epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, e
     message = collapse_warning(entropy, rank, cfg.out_dim)
     if message:
         logger.warning("epoch %d %s", epoch, message)
+
+
+class KnnCurve:
+    """kNN mAP / F2_CIW of the teacher every `knn_every_epochs` epochs, on the same fixed frames
+    as the final report (train bank of `knn_max_train`, the val split): does pretraining still
+    improve the features? Silent when the data has no labels."""
+
+    def __init__(self, cfg, data, train_hf) -> None:
+        val = load_split(data, cfg.val_split, labelled=False, required=False)
+        self.active = "labels" in train_hf.column_names and val is not None and "labels" in val.column_names
+        self.cfg, self.bank, self.val = cfg, fixed_subset(train_hf, cfg.knn_max_train, cfg.seed), val
+
+    def log(self, backbone, device, state, log, epoch: int) -> None:
+        from sewer_hf.knn import knn_evaluate
+
+        if not self.active:
+            return
+        tr_f, tr_y = embed(backbone, self.bank, self.cfg.image_size, device, desc="knn bank")
+        va_f, va_y = embed(backbone, self.val, self.cfg.image_size, device, desc="knn eval")
+        metrics = knn_evaluate(tr_f, tr_y, va_f, va_y, k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
+        log.write({"step": state.step, "epoch": epoch, "knn_mAP": float(metrics["mAP"]),
+                   "knn_F2_CIW": float(metrics["F2_CIW"]), "knn_F1_Normal": float(metrics["F1_Normal"])})
 
 
 def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dict[str, Any]:

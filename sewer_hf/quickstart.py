@@ -79,12 +79,12 @@ def generate_synthetic(folder: Path, n_train: int, n_val: int, seed: int) -> dic
                             progress=True, overwrite=True, workers=available_cores())
 
 
-def prepare_shards(raw: Path, prepared: Path) -> None:
-    """The user's own command: Train and Val resized once to the smoke configs' training size."""
+def prepare_shards(raw: Path, prepared: Path, size: int = PREPARED_SIZE, splits: tuple[str, ...] = ("Train", "Val")) -> None:
+    """The user's own command: each split resized once to the training size (the smoke configs')."""
     from sewer_hf.cli import main as cli
 
-    for split in ("Train", "Val"):
-        cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared), "--size", str(PREPARED_SIZE)])
+    for split in splits:
+        cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared), "--size", str(size)])
 
 
 def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: int = 512, seed: int = 0,
