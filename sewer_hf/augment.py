@@ -135,6 +135,22 @@ class FinetuneAugConfig:
 # only -- on the smoke budgets (a few thousand 64-px frames, minutes of CPU) the paper's full set
 # slowed learning (val mAP 9.6 vs 13.9 after 3 epochs of 2,765 frames): it regularises runs that
 # are long enough to overfit, which these are not.
+# DINO's views by name (PretrainConfig.augmentation). "crops": the crops and flips alone, no
+# colour, blur, solarize or equalize: on small synthetic frames the paper's colour invariances
+# also discard the colour cues that tell several defect classes apart (see the README's
+# label-efficiency section for what each gave).
+PRETRAIN_AUGMENTATIONS: dict[str, PretrainAugConfig] = {
+    "paper": PretrainAugConfig(),
+    "crops": PretrainAugConfig(color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, equalize_p=0.0, solarize_p=0.0),
+}
+
+
+def pretrain_augmentation(name: str) -> PretrainAugConfig:
+    if name not in PRETRAIN_AUGMENTATIONS:
+        raise ConfigError(f"augmentation={name!r}: expected one of {', '.join(PRETRAIN_AUGMENTATIONS)}")
+    return PRETRAIN_AUGMENTATIONS[name]
+
+
 FINETUNE_AUGMENTATIONS: dict[str, FinetuneAugConfig] = {
     "paper": FinetuneAugConfig(),
     "flip": FinetuneAugConfig(color_jitter_p=0.0, equalize_p=0.0, autocontrast_p=0.0, rotation_degrees=0.0,

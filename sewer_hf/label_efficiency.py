@@ -149,8 +149,10 @@ def make_data(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     from sewer_hf.synth import generate_dataset
 
     d = spec["data"]
+    total = d["pool"] + d["val"] + d["test"]
+    # a rendering process costs ~2 s to start: worth it from a few hundred frames on
     common = dict(size=d.get("frame_size", "176x144"), defect_fraction=d.get("defect_fraction", 0.6),
-                  progress=True, overwrite=True, workers=available_cores())
+                  progress=True, overwrite=True, workers=max(1, min(available_cores(), total // 400)))
     info = {}
     for name, n_train, n_val, seed in (("pool", d["pool"], d["val"], d.get("seed", 0)),
                                        ("test", 0, d["test"], d.get("seed", 0) + TEST_SEED_OFFSET)):
@@ -266,7 +268,7 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
                      "labelled_frames": n_labelled, "subset_sha256": digest,
                      "test_shipped": done["test"]["shipped"], "test_at_0.5": done["test"]["at_0.5"],
                      "seconds": done["seconds"], "config_hash": done["config_hash"],
-                     "commit": done.get("commit", commit), "output_dir": str(out / name)})
+                     "commit": done.get("commit", commit), "output_dir": name})
 
     results = {
         "experiment": "label_efficiency", "budget": budget, "config_file": spec.get("_path"),

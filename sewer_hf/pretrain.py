@@ -79,7 +79,7 @@ def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: fl
 # ------------------------------------------------------------------------------------------------
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    from sewer_hf.augment import PretrainTransform
+    from sewer_hf.augment import PretrainTransform, pretrain_augmentation
     from sewer_hf.gpu_augment import GPUPretrainAugment
     from sewer_hf.data import collate_skip_bad
     from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update, param_groups
@@ -92,7 +92,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     # --- data: each process reads its own share through the prepared DataLoader -------------
     train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
-    aug_kwargs = dict(size=cfg.image_size, scale=cfg.global_crop_scale, n_local_crops=cfg.n_local_crops,
+    aug_kwargs = dict(config=pretrain_augmentation(cfg.augmentation), size=cfg.image_size, scale=cfg.global_crop_scale, n_local_crops=cfg.n_local_crops,
                       local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
     train = train_data(
         cfg, accelerator, train_hf, cpu_transform=lambda: PretrainTransform(**aug_kwargs),

@@ -30,6 +30,15 @@ def test_every_numeric_key_has_a_domain_and_every_domain_a_key():
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_and_defaults_are_inside_their_domains(path):
     text = path.read_text()
+    if path.name.startswith("label_efficiency"):  # an experiment: every run config it makes
+        from sewer_hf.label_efficiency import arm_config, load_experiment, pretrain_config
+
+        spec = load_experiment(path)
+        pretrain_config(spec, "data", Path("out"))
+        for arm in spec["arms"]:
+            for fraction in spec["fractions"]:
+                arm_config(spec, arm, fraction, spec["seeds"][0], "data", "backbone", Path("out"))
+        return
     cls = FinetuneConfig if any(w in path.name for w in ("finetune", "linear", "supervised")) else PretrainConfig
     overrides = {"backbone": "runs/x/backbone"} if "linear" in path.name and "backbone:" not in text else {}
     load_config(cls, str(path), overrides)

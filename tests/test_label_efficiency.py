@@ -1,0 +1,87 @@
+"""The label-efficiency experiment end to end on a tiny budget: results.json's structure, the same
+labelled subset across arms, the pretraining curve, reuse of finished runs, and a refusal to
+overwrite a finished run with another config."""
+import json
+
+import pytest
+import yaml
+
+from sewer_hf.errors import ConfigError
+from sewer_hf.label_efficiency import ARMS, METRICS, load_experiment, run_experiment
+
+TINY = {
+    "data": {"pool": 64, "val": 48, "test": 48, "frame_size": "64x64", "prepared_size": 32,
+             "defect_fraction": 0.6, "seed": 0},
+    "fractions": [0.5],
+    "seeds": [0, 1],
+    "arms": list(ARMS),
+    "pretrain": {"epochs": 1, "warmup_epochs": 0, "image_size": 32, "decode_size": 32, "batch_size": 16,
+                 "knn_every_epochs": 1, "knn_max_train": 64, "rankme_samples": 32, "out_dim": 64,
+                 "hidden_dim": 32, "bottleneck_dim": 16},
+    "finetune": {"image_size": 32, "batch_size": 16, "epochs": 1, "warmup_epochs": 0, "lr_milestones": [1],
+                 "threshold_holdout": 0.0, "save_every_steps": 1000},
+}
+
+
+def write_spec(path, spec):
+    path.write_text(yaml.safe_dump(spec))
+    return load_experiment(path)
+
+
+def test_tiny_experiment_end_to_end_reuse_and_refusal(tmp_path):
+    out = tmp_path / "exp"
+    results = run_experiment(write_spec(tmp_path / "tiny.yaml", TINY), out, budget="tiny")
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["runs"] == results["runs"]
+    assert (out / "label_efficiency.png").stat().st_size > 0 and (out / "pretraining_curve.png").stat().st_size > 0
+
+    runs = on_disk["runs"]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == sorted((a, s) for a in ARMS for s in (0, 1))
+    for r in runs:
+        assert r["fraction"] == 0.5 and r["labelled_frames"] == 32
+        for which in ("test_shipped", "test_at_0.5"):
+            assert set(r[which]) == set(METRICS) and all(0.0 <= v <= 1.0 for v in r[which].values())
+        assert len(r["config_hash"]) == 12 and r["commit"] and r["seconds"] > 0
+        rows = json.loads((out / r["output_dir"] / "train_rows.json").read_text())
+        assert len(rows["trained_on"]) == 32
+    # every arm of a seed trained on the very same labelled frames; the seeds drew different ones
+    for seed in (0, 1):
+        assert len({r["subset_sha256"] for r in runs if r["seed"] == seed}) == 1
+    assert len({r["subset_sha256"] for r in runs}) == 2
+    # the arms' configs differ only where they should (backbone, linear probe), so their hashes do
+    assert len({r["config_hash"] for r in runs if r["seed"] == 0}) == 3
+
+    summary = {(row["arm"], row["fraction"]): row for row in on_disk["summary"]}
+    assert set(summary) == {(a, 0.5) for a in ARMS}
+    assert set(summary[("dino_finetune", 0.5)]["vs_scratch"]) == set(METRICS)
+    assert set(on_disk["data"]["test_constant_baseline"]) >= set(METRICS)
+    curve = on_disk["pretrain"]["curve"]
+    assert curve[0]["epoch"] == 1 and {"loss", "teacher_entropy", "rankme", "knn_mAP"} <= set(curve[0])
+    assert on_disk["pretrain"]["knn"]["random_init"]["mAP"] > 0
+
+    # a re-run reuses every finished stage: nothing is trained or rewritten
+    markers = {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
+    again = run_experiment(write_spec(tmp_path / "tiny.yaml", TINY), out, budget="tiny")
+    assert again["runs"] == results["runs"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")} == markers
+
+    # another config for a finished run is refused, naming the run, instead of overwriting it
+    changed = {**TINY, "finetune": {**TINY["finetune"], "base_lr": 1e-3}}
+    with pytest.raises(ConfigError, match=r"runs/dino_finetune-f0.5-s0.*remove"):
+        run_experiment(write_spec(tmp_path / "changed.yaml", changed), out, budget="tiny")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"arms": ["dino_finetune", "imagenet"]}, "imagenet"),
+    ({"fractions": [0.1, 1.5]}, "fraction 1.5"),
+    ({"seeds": []}, "at least one"),
+])
+def test_bad_experiment_configs_are_refused_before_any_work(tmp_path, edit, message):
+    with pytest.raises(ConfigError, match=message):
+        write_spec(tmp_path / "bad.yaml", {**TINY, **edit})
+
+
+def test_missing_key_is_named(tmp_path):
+    spec = {k: v for k, v in TINY.items() if k != "pretrain"}
+    with pytest.raises(ConfigError, match="missing key 'pretrain'"):
+        write_spec(tmp_path / "bad.yaml", spec)
