@@ -35,6 +35,7 @@ from sewer_hf.metrics import beats_baseline, constant_baseline, learned
 from sewer_hf.sampling import stratified_fraction
 from sewer_hf.sources import load_split
 from sewer_hf.training import (
+    end_training,
     CheckpointManager,
     MetricsLog,
     Progress,
@@ -243,7 +244,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                       at_shipped_thresholds=report["at_shipped_thresholds"],
                       constant_baseline=report["constant_baseline"])
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     if cfg.push_to_hub and accelerator.is_main_process:
         result["hub_url"] = push_after_run(cfg, out / "classifier")
     return result

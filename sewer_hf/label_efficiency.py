@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
@@ -38,6 +39,7 @@ from sewer_hf.machine import available_cores
 from sewer_hf.metrics import constant_baseline, read_annotation_targets
 from sewer_hf.pretrain import pretrain
 from sewer_hf.quickstart import _config_path
+from sewer_hf.training import runs_share_the_launch
 
 ARMS = {  # name -> (label, uses the DINO backbone, linear probe)
     "dino_finetune": ("DINO + fine-tune", True, False),
@@ -94,13 +96,20 @@ def git_commit() -> str:
         return f"sewer_hf {__version__} (not a git checkout)"
 
 
+def process_state() -> PartialState:
+    """This process's place under `accelerate launch`, built as the recipes' Accelerator builds it:
+    a bare PartialState() ignores ACCELERATE_USE_CPU, so 2 CPU processes would each think they
+    were alone, and the Accelerator made later would inherit that."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 class Stages:
     """Runs named stages once: `<out>/<name>/stage.json` marks a finished one (written atomically by
     the main process), and prints progress with an ETA weighted by each stage's image count."""
 
     def __init__(self, out: Path, total_cost: float) -> None:
         self.out, self.total, self.done_cost, self.spent = out, total_cost, 0.0, 0.0
-        self.state = PartialState()
+        self.state = process_state()
         self.start = time.perf_counter()
 
     def run(self, name: str, cost: float, fn: Callable[[], dict[str, Any]], config_hash: str | None = None):
@@ -215,7 +224,7 @@ def subset_digest(run_dir: Path) -> tuple[int, str]:
 
 def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom") -> dict[str, Any]:
     out = Path(out)
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
@@ -241,6 +250,16 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
     _, test_targets = read_annotation_targets(data["test_annotations"])
     baseline = constant_baseline(test_targets)
 
+    with runs_share_the_launch():  # one process group for every run of this launch
+        results = train_and_report(spec, out, budget, state, commit, stages, data, baseline, plan)
+    state.destroy_process_group()
+    return results
+
+
+def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: Stages, data: dict, baseline: dict,
+                     plan: list) -> dict[str, Any]:
+    """Pretraining, then every (arm, fraction, seed) run scored on the test set; results.json and plots."""
+    d = spec["data"]
     pre_cfg = pretrain_config(spec, data["pool"], out)
     pre = stages.run("pretrain", COST["pretrain"] * pre_cfg.epochs * d["pool"], lambda: pretrain(pre_cfg),
                      config_hash(pre_cfg))

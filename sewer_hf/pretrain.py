@@ -27,6 +27,7 @@ from sewer_hf.dino import unwrap as _unwrap
 from sewer_hf.losses import WeightedBCE
 from sewer_hf.sources import fixed_subset, load_split
 from sewer_hf.training import (
+    end_training,
     CheckpointManager,
     MetricsLog,
     Progress,
@@ -225,7 +226,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         result.update(finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf))
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_training(accelerator)
     if cfg.push_to_hub and accelerator.is_main_process:
         result["hub_url"] = push_after_run(cfg, out / "backbone")
     return result

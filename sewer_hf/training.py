@@ -6,6 +6,7 @@ logging) is the same in both.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -48,6 +49,31 @@ def make_accelerator(cfg: Any):
         # A seedable sampler gives the same shuffled order on every process count and on resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+
+
+_SHARED_LAUNCH = {"runs": False}
+
+
+@contextlib.contextmanager
+def runs_share_the_launch():
+    """Several training runs one after another in one `accelerate launch` (an experiment driver):
+    each run's end leaves the process group up for the next one, instead of destroying it."""
+    _SHARED_LAUNCH["runs"] = True
+    try:
+        yield
+    finally:
+        _SHARED_LAUNCH["runs"] = False
+
+
+def end_training(accelerator) -> None:
+    """`accelerator.end_training()` (trackers finished, process group destroyed), except inside
+    `runs_share_the_launch()`, where only the trackers finish."""
+    if not _SHARED_LAUNCH["runs"]:
+        accelerator.end_training()
+        return
+    accelerator.wait_for_everyone()
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 def effective_precision(mixed_precision: str) -> str:

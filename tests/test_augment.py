@@ -210,3 +210,21 @@ def test_bad_finetune_values_raise_config_error():
         FinetuneAugConfig(erase_scale=(0.2, 0.1))
     with pytest.raises(ConfigError, match="size"):
         finetune_transform(size=-3)
+
+
+def test_pretrain_augmentation_by_name_crops_keeps_colours():
+    """`augmentation: crops` (PretrainConfig): crops and flips only, so a flat-coloured frame keeps
+    its colour in every view; the paper's views jitter, grey, blur and solarize it."""
+    from sewer_hf.augment import PRETRAIN_AUGMENTATIONS, pretrain_augmentation
+    from sewer_hf.config import PretrainConfig
+
+    flat = Image.new("RGB", (48, 48), (180, 60, 20))
+    torch.manual_seed(0)
+    crops = [v for _ in range(8) for v in PretrainTransform(size=32, config=pretrain_augmentation("crops"))(flat)]
+    assert all(torch.allclose(v, crops[0], atol=1e-5) for v in crops)
+    torch.manual_seed(0)
+    paper = [v for _ in range(8) for v in PretrainTransform(size=32, config=pretrain_augmentation("paper"))(flat)]
+    assert not all(torch.allclose(v, paper[0], atol=1e-3) for v in paper)
+    assert set(PRETRAIN_AUGMENTATIONS) == {"paper", "crops"}
+    with pytest.raises(ConfigError, match="augmentation='colour'"):
+        PretrainConfig(augmentation="colour").validate()

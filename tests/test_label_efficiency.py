@@ -2,6 +2,10 @@
 labelled subset across arms, the pretraining curve, reuse of finished runs, and a refusal to
 overwrite a finished run with another config."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +13,7 @@ import yaml
 from sewer_hf.errors import ConfigError
 from sewer_hf.label_efficiency import ARMS, METRICS, load_experiment, run_experiment
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"pool": 64, "val": 48, "test": 48, "frame_size": "64x64", "prepared_size": 32,
              "defect_fraction": 0.6, "seed": 0},
@@ -28,11 +33,20 @@ def write_spec(path, spec):
     return load_experiment(path)
 
 
-def test_tiny_experiment_end_to_end_reuse_and_refusal(tmp_path):
+def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_path):
+    # the recipe as `accelerate launch` runs it, on 2 CPU processes: every run of the experiment
+    # shares the launch's process group, and each stage is reported once
     out = tmp_path / "exp"
-    results = run_experiment(write_spec(tmp_path / "tiny.yaml", TINY), out, budget="tiny")
+    write_spec(tmp_path / "tiny.yaml", TINY)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              str(ROOT / "recipes" / "label_efficiency.py"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(out)]
+    proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("[label-efficiency] pretrain: done") == 1
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["runs"] == results["runs"]
+    assert on_disk["machine"]["processes"] == 2
     assert (out / "label_efficiency.png").stat().st_size > 0 and (out / "pretraining_curve.png").stat().st_size > 0
 
     runs = on_disk["runs"]
@@ -59,10 +73,10 @@ def test_tiny_experiment_end_to_end_reuse_and_refusal(tmp_path):
     assert curve[0]["epoch"] == 1 and {"loss", "teacher_entropy", "rankme", "knn_mAP"} <= set(curve[0])
     assert on_disk["pretrain"]["knn"]["random_init"]["mAP"] > 0
 
-    # a re-run reuses every finished stage: nothing is trained or rewritten
+    # a re-run (here in this one process) reuses every finished stage: nothing is trained or rewritten
     markers = {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
     again = run_experiment(write_spec(tmp_path / "tiny.yaml", TINY), out, budget="tiny")
-    assert again["runs"] == results["runs"]
+    assert again["runs"] == on_disk["runs"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")} == markers
 
     # another config for a finished run is refused, naming the run, instead of overwriting it
