@@ -56,6 +56,7 @@ def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_p
         for which in ("test_shipped", "test_at_0.5"):
             assert set(r[which]) == set(METRICS) and all(0.0 <= v <= 1.0 for v in r[which].values())
         assert len(r["config_hash"]) == 12 and r["commit"] and r["seconds"] > 0
+        assert set(r["learned"]) == set(METRICS)
         rows = json.loads((out / r["output_dir"] / "train_rows.json").read_text())
         assert len(rows["trained_on"]) == 32
     # every arm of a seed trained on the very same labelled frames; the seeds drew different ones
@@ -67,7 +68,10 @@ def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_p
 
     summary = {(row["arm"], row["fraction"]): row for row in on_disk["summary"]}
     assert set(summary) == {(a, 0.5) for a in ARMS}
-    assert set(summary[("dino_finetune", 0.5)]["vs_scratch"]) == set(METRICS)
+    vs = summary[("dino_finetune", 0.5)]["vs_scratch"]
+    assert set(vs) == set(METRICS) and all(len(vs[m]["paired_gaps"]) == 2 for m in METRICS)
+    by_run = {(r["arm"], r["seed"]): r["test_shipped"]["mAP"] for r in runs}
+    assert vs["mAP"]["paired_gaps"] == pytest.approx([by_run[("dino_finetune", s)] - by_run[("scratch", s)] for s in (0, 1)])
     assert set(on_disk["data"]["test_constant_baseline"]) >= set(METRICS)
     curve = on_disk["pretrain"]["curve"]
     assert curve[0]["epoch"] == 1 and {"loss", "teacher_entropy", "rankme", "knn_mAP"} <= set(curve[0])
