@@ -85,6 +85,14 @@ def seeds_for(spec: dict[str, Any], fraction: float) -> list[int]:
     return [int(s) for s in by_fraction.get(float(fraction), spec["seeds"])]
 
 
+def run_name(arm: str, fraction: float, seed: int) -> str:
+    return f"runs/{arm}-f{fraction:g}-s{seed}"
+
+
+def run_cost(cfg: FinetuneConfig, pool: int) -> float:
+    return COST["linear" if cfg.linear_probe else "finetune"] * cfg.epochs * cfg.fraction * pool
+
+
 def config_hash(cfg) -> str:
     """A short hash of what determines a run's result (paths and logging excluded)."""
     d = {k: v for k, v in asdict(cfg).items() if k not in RUN_KEYS_NOT_HASHED}
@@ -130,7 +138,6 @@ class Stages:
                 raise ConfigError(
                     f"{marker}: this finished run was made with config {done['config_hash']}, the experiment now "
                     f"asks for {config_hash}; remove {marker.parent} to redo it, or use another --out")
-            self.total -= cost
             self.state.print(f"[label-efficiency] {name}: reusing the finished run ({marker})")
             return done
         self.state.print(f"[label-efficiency] {name} ...", flush=True)
@@ -242,13 +249,15 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
     d = spec["data"]
     fractions, arms = [float(f) for f in spec["fractions"]], list(spec["arms"])
 
-    # the ETA's weights: images each stage processes, times its relative cost per image
-    pre_probe = pretrain_config(spec, "<data>", out)
-    total = COST["pretrain"] * pre_probe.epochs * d["pool"]
+    # the ETA's weights: images each stage still to run processes, times its relative cost per image
     plan = [(a, f, s) for f in fractions for s in seeds_for(spec, f) for a in arms]
+    def pending(name: str) -> bool:
+        return not (out / name / "stage.json").is_file()
+
+    total = COST["pretrain"] * pretrain_config(spec, "<data>", out).epochs * d["pool"] if pending("pretrain") else 0.0
     for arm, fraction, seed in plan:
-        cfg = arm_config(spec, arm, fraction, seed, "<data>", "<backbone>", out / "runs")
-        total += COST["linear" if cfg.linear_probe else "finetune"] * cfg.epochs * fraction * d["pool"]
+        if pending(run_name(arm, fraction, seed)):
+            total += run_cost(arm_config(spec, arm, fraction, seed, "<data>", "<backbone>", out), d["pool"])
     stages = Stages(out, total)
 
     def data_stage():
@@ -276,7 +285,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
 
     runs = []
     for arm, fraction, seed in plan:
-        name = f"runs/{arm}-f{fraction:g}-s{seed}"
+        name = run_name(arm, fraction, seed)
         cfg = arm_config(spec, arm, fraction, seed, data["pool"], pre["backbone"], out / name)
 
         def train_and_score(cfg=cfg, name=name):
@@ -290,8 +299,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
             return {"train_seconds": round(train_seconds, 1), "test": test, "best_epoch": trained.get("best_epoch"),
                     "commit": commit}
 
-        cost = COST["linear" if cfg.linear_probe else "finetune"] * cfg.epochs * fraction * d["pool"]
-        done = stages.run(name, cost, train_and_score, config_hash(cfg))
+        done = stages.run(name, run_cost(cfg, d["pool"]), train_and_score, config_hash(cfg))
         n_labelled, digest = subset_digest(out / name)
         runs.append({"arm": arm, "label": ARMS[arm][0], "fraction": fraction, "seed": seed,
                      "labelled_frames": n_labelled, "subset_sha256": digest,
