@@ -85,6 +85,17 @@ def seeds_for(spec: dict[str, Any], fraction: float) -> list[int]:
     return [int(s) for s in by_fraction.get(float(fraction), spec["seeds"])]
 
 
+def repo_relative(path: str | None) -> str | None:
+    """A path inside this checkout as written from its root (results.json is committed)."""
+    if path is None:
+        return None
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def run_name(arm: str, fraction: float, seed: int) -> str:
     return f"runs/{arm}-f{fraction:g}-s{seed}"
 
@@ -309,7 +320,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
                      "commit": done.get("commit", commit), "output_dir": name})
 
     results = {
-        "experiment": "label_efficiency", "budget": budget, "config_file": spec.get("_path"),
+        "experiment": "label_efficiency", "budget": budget, "config_file": repo_relative(spec.get("_path")),
         "config": {k: v for k, v in spec.items() if not k.startswith("_")}, "commit": commit,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cores": available_cores(), "processes": state.num_processes, "device": str(state.device)},
