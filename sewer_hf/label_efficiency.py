@@ -16,7 +16,6 @@ with another config), and an interrupted training stage resumes from its last ch
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -32,13 +31,15 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
+from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
 from sewer_hf.finetune import finetune
 from sewer_hf.machine import available_cores
 from sewer_hf.metrics import LEARNED_BAR, constant_baseline, learned, read_annotation_targets
 from sewer_hf.pretrain import pretrain
-from sewer_hf.quickstart import _config_path
+from sewer_hf.quickstart import shipped_config, prepare_shards
+from sewer_hf.synth import generate_dataset
 from sewer_hf.training import runs_share_the_launch
 
 ARMS = {  # name -> (label, uses the DINO backbone, linear probe)
@@ -182,9 +183,6 @@ def _minutes(seconds: float) -> str:
 
 def make_data(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Pool + Val (one seed) and the test set (another seed), rendered and prepared to the training size."""
-    from sewer_hf.quickstart import prepare_shards
-    from sewer_hf.synth import generate_dataset
-
     d = spec["data"]
     total = d["pool"] + d["val"] + d["test"]
     # a rendering process costs ~2 s to start: worth it from a few hundred frames on
@@ -204,7 +202,7 @@ def make_data(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
 def pretrain_config(spec: dict[str, Any], data: str, out: Path) -> PretrainConfig:
     over = {k: v for k, v in spec["pretrain"].items() if k != "base"}
     over.update(data=data, output_dir=str(out / "pretrain"), resume_from_checkpoint="latest", report_to="none")
-    return load_config(PretrainConfig, _config_path(spec["pretrain"].get("base", "smoke_dino.yaml")), over)
+    return load_config(PretrainConfig, shipped_config(spec["pretrain"].get("base", "smoke_dino.yaml")), over)
 
 
 def arm_config(spec: dict[str, Any], arm: str, fraction: float, seed: int, data: str, backbone: str | None,
@@ -219,14 +217,12 @@ def arm_config(spec: dict[str, Any], arm: str, fraction: float, seed: int, data:
     over.update(data=data, output_dir=str(out_dir), fraction=float(fraction), seed=int(seed),
                 backbone=backbone if uses_dino else None, linear_probe=linear,
                 resume_from_checkpoint="latest", report_to="none")
-    return load_config(FinetuneConfig, _config_path(ft.get("base", "smoke_finetune.yaml")), over)
+    return load_config(FinetuneConfig, shipped_config(ft.get("base", "smoke_finetune.yaml")), over)
 
 
 def score_on_test(classifier: Path, test_data: str, annotations: str, folder: Path) -> dict[str, Any]:
     """The user's own commands on the test set: `sewer-hf predict`, `sewer-hf evaluate` at the
     classifier's shipped thresholds and at the benchmark's 0.5."""
-    from sewer_hf.cli import main as cli
-
     def command(*argv: str) -> None:
         if cli(list(argv)) != 0:
             raise RuntimeError(f"`sewer-hf {' '.join(argv)}` failed (its error is printed above)")

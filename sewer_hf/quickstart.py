@@ -30,7 +30,7 @@ KNN_TRAIN = 1024  # the kNN check's memory bank (pretrained vs random init): all
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
 
-def _config_path(name: str) -> str:
+def shipped_config(name: str) -> str:
     """The smoke YAML from the source tree, or the packaged copy when installed as a wheel."""
     local = CONFIGS / name
     if local.is_file():
@@ -118,7 +118,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
         epochs = pretrain_epochs or DINO_EPOCHS
         over = {**common, "output_dir": str(out / "dino"), "epochs": epochs, "warmup_epochs": 0.25 * epochs,
                 "knn_max_train": KNN_TRAIN}
-        return pretrain(load_config(PretrainConfig, _config_path("smoke_dino.yaml"), over))
+        return pretrain(load_config(PretrainConfig, shipped_config("smoke_dino.yaml"), over))
 
     dino = run_stage(out, "dino", pretrain_stage, timings)
 
@@ -127,7 +127,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
             over = {**common, "output_dir": str(out / name), "backbone": backbone}
             if finetune_epochs:
                 over["epochs"] = finetune_epochs
-            return finetune(load_config(FinetuneConfig, _config_path("smoke_finetune.yaml"), over))
+            return finetune(load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), over))
         return fn
 
     run_stage(out, "ssl_finetune", finetune_stage("ssl_finetune", dino["backbone"]), timings)
