@@ -12,6 +12,8 @@
 #   libs:    benchmarks/augment_throughput.py: our batched modules against
 #            torchvision.transforms.v2 (per image, per batch) and kornia (carry its wheels in
 #            .whl) on the same GPU batch. About 1 minute.
+#   label_efficiency: `recipes/label_efficiency.py --budget gpu` (results.json and plots to $OUT);
+#            its own device call (STAGES=label_efficiency), rerun once if it runs past LE_TIMEOUT.
 # Within one device call's 10 minutes: STAGES="recipes tests libs" RECIPES=bf16 (about 5
 # minutes; 9.5 if every step runs to its timeout), then STAGES=bench (COMPARE=1 when 8 minutes
 # of device time are left). Carry .whl (datasets, pyarrow, kornia for the device's Python).
@@ -59,6 +61,17 @@ fi
 
 if [[ " $STAGES " == *" libs "* ]]; then
   timeout 150 python3 benchmarks/augment_throughput.py 2>&1 | grep -v Warning | tee "$OUT/augment_libraries.log" || status=1
+fi
+
+if [[ " $STAGES " == *" label_efficiency "* ]]; then
+  # the label-efficiency experiment's gpu budget (goal <= 15 min; a finished run is reused, so a
+  # second device call on the same warm machine continues where the first stopped)
+  timeout ${LE_TIMEOUT:-540} python3 recipes/label_efficiency.py --budget gpu --out runs/label_efficiency/gpu \
+    > "$OUT/label_efficiency.log" 2>&1
+  rc=$?; [ $rc = 0 ] || status=1
+  echo "label_efficiency gpu exit $rc" | tee -a "$OUT/gpu.txt"
+  grep -a "\[label-efficiency\].*done\|^|" "$OUT/label_efficiency.log" | tail -30
+  cp runs/label_efficiency/gpu/results.json runs/label_efficiency/gpu/*.png "$OUT/" 2>/dev/null
 fi
 
 if [[ " $STAGES " == *" tests "* ]] && python3 -c "import pytest" 2>/dev/null; then
