@@ -272,7 +272,8 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
         state.wait_for_everyone()
         return result
 
-    data = stages.run("data", 0.0, data_stage)
+    data_hash = hashlib.sha256(json.dumps(spec["data"], sort_keys=True).encode()).hexdigest()[:12]
+    data = stages.run("data", 0.0, data_stage, data_hash)
     _, test_targets = read_annotation_targets(data["test_annotations"])
     baseline = constant_baseline(test_targets)
 

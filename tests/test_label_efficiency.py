@@ -87,6 +87,9 @@ def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_p
     changed = {**TINY, "finetune": {**TINY["finetune"], "base_lr": 1e-3}}
     with pytest.raises(ConfigError, match=r"runs/dino_finetune-f0.5-s0.*remove"):
         run_experiment(write_spec(tmp_path / "changed.yaml", changed), out, budget="tiny")
+    other_data = {**TINY, "data": {**TINY["data"], "pool": 80}}
+    with pytest.raises(ConfigError, match=r"data/stage.json.*remove"):
+        run_experiment(write_spec(tmp_path / "other_data.yaml", other_data), out, budget="tiny")
 
 
 @pytest.mark.parametrize("edit, message", [
