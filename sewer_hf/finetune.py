@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sewer_hf import labels as L
+from sewer_hf.atomic import write_json_atomically
 from sewer_hf.config import FinetuneConfig, save_config
 from sewer_hf.errors import DataError
 from sewer_hf.losses import WeightedBCE, prior_logits
@@ -35,12 +36,12 @@ from sewer_hf.metrics import beats_baseline, constant_baseline, learned
 from sewer_hf.sampling import stratified_fraction
 from sewer_hf.sources import load_split
 from sewer_hf.training import (
-    end_training,
     CheckpointManager,
     MetricsLog,
     Progress,
     TrainState,
     check_finite,
+    end_training,
     make_adamw,
     make_train_loader,
     mark_weight_decay_groups,
@@ -273,15 +274,12 @@ def split_holdout(train_hf, cfg: FinetuneConfig):
 def write_train_rows(out: Path, cfg: FinetuneConfig, n_full: int, train_hf, holdout_hf) -> None:
     """`train_rows.json`: the files trained on and held out (for thresholds), so a run can be
     audited and compared with another (e.g. the same labelled subset across arms)."""
-    def names(hf):
-        return [] if hf is None else list(hf["filename"]) if "filename" in hf.column_names else []
+    def names(hf) -> list[str]:
+        return list(hf["filename"]) if hf is not None else []
 
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"split": cfg.split, "rows_in_split": n_full, "fraction": cfg.fraction, "seed": cfg.seed,
-              "trained_on": names(train_hf), "held_out": names(holdout_hf)}
-    tmp = out / "train_rows.json.tmp"
-    tmp.write_text(json.dumps(record))
-    tmp.replace(out / "train_rows.json")
+    write_json_atomically({"split": cfg.split, "rows_in_split": n_full, "fraction": cfg.fraction, "seed": cfg.seed,
+                           "trained_on": names(train_hf), "held_out": names(holdout_hf)},
+                          out / "train_rows.json", indent=None)
 
 
 class WeightAverage(torch.nn.Module):

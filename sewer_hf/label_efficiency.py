@@ -31,6 +31,7 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
+from sewer_hf.atomic import write_json_atomically
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
@@ -160,9 +161,7 @@ class Stages:
             result["config_hash"] = config_hash
         if self.state.is_main_process:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            tmp = marker.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=2, default=str))
-            tmp.replace(marker)
+            write_json_atomically(result, marker, indent=2)
         self.state.wait_for_everyone()
         result = json.loads(marker.read_text())  # every process: what the main process recorded
         self.done_cost += cost
@@ -333,9 +332,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
                           "runs": round(sum(r["seconds"] for r in runs), 1)},
     }
     if state.is_main_process:
-        tmp = out / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(out / "results.json")
+        write_json_atomically(results, out / "results.json", indent=2)
         plot_label_efficiency(results, out / "label_efficiency.png")
         plot_pretraining_curve(results, out / "pretraining_curve.png")
         print(format_table(results))

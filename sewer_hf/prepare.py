@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sewer_hf.atomic import write_json_atomically
 from sewer_hf.data import (
     DEFAULT_CHECK_WORKERS,
     _describe,
@@ -162,7 +163,7 @@ def prepare_split(
                         columns[key].append(rows[key][row_index])
             _write_atomically(datasets.Dataset.from_dict(columns, features=features), out / name)
             manifest["shards"][name] = {"rows": len(columns["image"]), "skipped": skipped}
-            _write_json_atomically(manifest, manifest_path(out, split))
+            write_json_atomically(manifest, manifest_path(out, split))
             report.shards_written += 1
             _add_shard_counts(report, manifest["shards"][name])
     finally:
@@ -203,7 +204,7 @@ def _open_manifest(out: Path, split: str, settings: dict, source: str, missing: 
     if existing_shards:
         raise DataError(f"{out} holds {split} shards ({existing_shards[0]}, ...) but no {path.name}; use another --out or delete them")
     manifest = {**settings, "source": source, "missing": missing, "shards": {}}
-    _write_json_atomically(manifest, path)
+    write_json_atomically(manifest, path)
     return manifest
 
 
@@ -223,12 +224,6 @@ def _write_atomically(dataset, final: Path) -> None:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _write_json_atomically(obj: dict, final: Path) -> None:
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, final)
 
 
 # ----------------------------------------------------------------------------------------

@@ -27,12 +27,12 @@ from sewer_hf.dino import unwrap as _unwrap
 from sewer_hf.losses import WeightedBCE
 from sewer_hf.sources import fixed_subset, load_split
 from sewer_hf.training import (
-    end_training,
     CheckpointManager,
     MetricsLog,
     Progress,
     TrainState,
     check_finite,
+    end_training,
     make_adamw,
     make_train_loader,
     mark_weight_decay_groups,
@@ -93,8 +93,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     # --- data: each process reads its own share through the prepared DataLoader -------------
     train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
-    aug_kwargs = dict(config=pretrain_augmentation(cfg.augmentation), size=cfg.image_size, scale=cfg.global_crop_scale, n_local_crops=cfg.n_local_crops,
-                      local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
+    aug_kwargs = dict(config=pretrain_augmentation(cfg.augmentation), size=cfg.image_size, scale=cfg.global_crop_scale,
+                      n_local_crops=cfg.n_local_crops, local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
     train = train_data(
         cfg, accelerator, train_hf, cpu_transform=lambda: PretrainTransform(**aug_kwargs),
         device_augment=lambda dtype: GPUPretrainAugment(**aug_kwargs, photometric_dtype=dtype),
@@ -260,26 +260,38 @@ def epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, e
         logger.warning("epoch %d %s", epoch, message)
 
 
+def knn_frames(cfg, data, train_hf):
+    """(memory bank, eval frames) of the kNN check: a fixed `knn_max_train` slice of train and the
+    val split; None when either has no labels."""
+    val = load_split(data, cfg.val_split, labelled=False, required=False)
+    if "labels" not in train_hf.column_names or val is None or "labels" not in val.column_names:
+        return None
+    return fixed_subset(train_hf, cfg.knn_max_train, cfg.seed), val
+
+
+def knn_metrics(cfg, backbone, frames, device, name: str) -> dict[str, float]:
+    """kNN F2_CIW / F1_Normal / mAP of `backbone`'s CLS features on `knn_frames`."""
+    from sewer_hf.knn import knn_evaluate
+
+    bank, val = frames
+    tr_f, tr_y = embed(backbone, bank, cfg.image_size, device, desc=f"knn {name} train")
+    va_f, va_y = embed(backbone, val, cfg.image_size, device, desc=f"knn {name} eval")
+    metrics = knn_evaluate(tr_f, tr_y, va_f, va_y, k=cfg.knn_k, temperature=cfg.knn_temperature)
+    return {k: float(metrics[k]) for k in ("F2_CIW", "F1_Normal", "mAP")}
+
+
 class KnnCurve:
-    """kNN mAP / F2_CIW of the teacher every `knn_every_epochs` epochs, on the same fixed frames
-    as the final report (train bank of `knn_max_train`, the val split): does pretraining still
-    improve the features? Silent when the data has no labels."""
+    """kNN of the teacher every `knn_every_epochs` epochs, on the same fixed frames as the final
+    report: does pretraining still improve the features? Silent when the data has no labels."""
 
     def __init__(self, cfg, data, train_hf) -> None:
-        val = load_split(data, cfg.val_split, labelled=False, required=False)
-        self.active = "labels" in train_hf.column_names and val is not None and "labels" in val.column_names
-        self.cfg, self.bank, self.val = cfg, fixed_subset(train_hf, cfg.knn_max_train, cfg.seed), val
+        self.cfg, self.frames = cfg, knn_frames(cfg, data, train_hf)
 
     def log(self, backbone, device, state, log, epoch: int) -> None:
-        from sewer_hf.knn import knn_evaluate
-
-        if not self.active:
+        if self.frames is None:
             return
-        tr_f, tr_y = embed(backbone, self.bank, self.cfg.image_size, device, desc="knn bank")
-        va_f, va_y = embed(backbone, self.val, self.cfg.image_size, device, desc="knn eval")
-        metrics = knn_evaluate(tr_f, tr_y, va_f, va_y, k=self.cfg.knn_k, temperature=self.cfg.knn_temperature)
-        log.write({"step": state.step, "epoch": epoch, "knn_mAP": float(metrics["mAP"]),
-                   "knn_F2_CIW": float(metrics["F2_CIW"]), "knn_F1_Normal": float(metrics["F1_Normal"])})
+        metrics = knn_metrics(self.cfg, backbone, self.frames, device, "curve")
+        log.write({"step": state.step, "epoch": epoch, **{f"knn_{k}": v for k, v in metrics.items()}})
 
 
 def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dict[str, Any]:
@@ -314,22 +326,15 @@ def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dic
 
 def knn_report(cfg, backbone, data, train_hf, device) -> Optional[dict[str, Any]]:
     """kNN of the pretrained teacher backbone vs the same architecture at random init."""
-    from sewer_hf.knn import knn_evaluate
     from sewer_hf.model import create_backbone
 
-    if "labels" not in train_hf.column_names:
+    frames = knn_frames(cfg, data, train_hf)
+    if frames is None:
         return None
-    val = load_split(data, cfg.val_split, labelled=False, required=False)
-    if val is None or "labels" not in val.column_names:
-        return None
-    train = fixed_subset(train_hf, cfg.knn_max_train, cfg.seed)
     torch.manual_seed(cfg.seed)
     random_backbone = create_backbone(cfg.arch, img_size=cfg.image_size).to(device)
     report: dict[str, Any] = {"eval_split": cfg.val_split, "k": cfg.knn_k, "temperature": cfg.knn_temperature,
-                              "n_train": len(train), "n_eval": len(val)}
+                              "n_train": len(frames[0]), "n_eval": len(frames[1])}
     for name, net in (("pretrained", backbone), ("random_init", random_backbone)):
-        tr_f, tr_y = embed(net, train, cfg.image_size, device, desc=f"knn {name} train")
-        va_f, va_y = embed(net, val, cfg.image_size, device, desc=f"knn {name} eval")
-        metrics = knn_evaluate(tr_f, tr_y, va_f, va_y, k=cfg.knn_k, temperature=cfg.knn_temperature)
-        report[name] = {k: float(metrics[k]) for k in ("F2_CIW", "F1_Normal", "mAP")}
+        report[name] = knn_metrics(cfg, net, frames, device, name)
     return report

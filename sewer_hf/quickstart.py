@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sewer_hf import labels as L
+from sewer_hf.atomic import write_json_atomically
 from sewer_hf.machine import available_cores
 
 # More defect frames than Sewer-ML's 47 %, so that the val frames hold positives of most classes.
@@ -53,9 +54,7 @@ def run_stage(out: Path, name: str, fn: Callable[[], dict[str, Any]], timings: d
     result["seconds"] = round(time.perf_counter() - start, 1)
     timings[name] = result["seconds"]
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    tmp.replace(marker)
+    write_json_atomically(result, marker, indent=2)
     print(f"[quickstart] {name}: done in {result['seconds']:.0f} s", flush=True)
     return result
 
