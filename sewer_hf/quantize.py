@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from sewer_hf.atomic import write_json_atomically
 from sewer_hf.errors import ConfigError, DataError
 
 INT8_METHODS = ("dynamic", "static")
@@ -299,9 +300,7 @@ def store_choice(key: str, precision: str, timings: dict) -> None:
     table[key] = {"precision": precision, "s_per_image": timings}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(path)
+        write_json_atomically(table, path)
     except OSError:  # a read-only home: choose again next time
         pass
 
