@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     from sewer_hf import quantize as Q
     from sewer_hf.machine import available_cores
     from sewer_hf.onnx_export import export_onnx
-    from sewer_hf.predict import SewerClassifier, inference_threads
+    from sewer_hf.predict import SewerClassifier, inference_lanes, inference_threads
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -134,8 +134,9 @@ def main(argv=None) -> int:
     repeats = 2  # best of 2: the first run doubles as warm-up
     batch = 16
     print(f"{n_images} PNG frames 720x576 -> ViT-T/16 224 px, 17 classes; {available_cores()} cores "
-          f"(CPU features: {Q.cpu_features()}), model threads {threads}, decode threads "
-          f"{inference_threads()[1]}, load average at start {os.getloadavg()[0]:.2f}")
+          f"(CPU features: {Q.cpu_features()}); ONNX Runtime in {inference_lanes()} lanes of 1 thread (each decodes and "
+          f"scores its own batch); one batch at a time: model threads {threads}, decode threads "
+          f"{inference_threads()[1]}; load average at start {os.getloadavg()[0]:.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SEWER_HF_CACHE"] = str(Path(tmp) / "cache")  # auto times the precisions afresh
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
         # -- the default of `sewer-hf predict`: backend auto, precision auto -----------------------
         default = SewerClassifier(model_dir, device="cpu", threads=threads, backend="auto", precision="auto")
         default_rate, default_scores = _rate(ours(default), n_images, repeats)
-        rows.append((f"ours, default (auto -> {default.backend} {default.precision})", default_rate,
+        rows.append((f"ours, default (auto -> {default.backend} {default.precision}, {default.lanes} lanes)", default_rate,
                      diff(default_scores, base_scores, "pipeline")))
         fp32 = SewerClassifier(model_dir, device="cpu", threads=threads, backend="onnx", precision="fp32")
         fp32_rate, fp32_scores = _rate(ours(fp32), n_images, repeats)
@@ -190,15 +191,17 @@ def main(argv=None) -> int:
             rate, scores = _rate(ours(int8[name]), n_images, repeats)
             mark = "" if checks[name]["passed"] else " (FAILED its check: not offered)"
             rows.append((f"ours, ONNX Runtime {name}{mark}", rate, diff(scores, fp32_scores, "fp32")))
+        # one batch at a time (lanes=1): the model on `threads` threads, the next batch decoded meanwhile
+        one_lane = SewerClassifier(model_dir, device="cpu", threads=threads, backend="onnx",
+                                   precision=default.precision, lanes=1)
+        variants = [(f"{threads}-thread model + 1 decode thread", one_lane, {"workers": 1})]
         if not args.quick:
-            for label, clf, kw in (("default, 1 decode thread", default, {"workers": 1}),
-                                   ("default, 2 decode threads", default, {"workers": 2}),
-                                   ("default, batch_size=32", default, {"batch_size": 32})):
-                rate, _ = _rate(ours(clf, **kw), n_images, repeats)
-                rows.append((f"  {label}", rate, ""))
-            one = SewerClassifier(model_dir, device="cpu", threads=1, backend="onnx", precision=default.precision)
-            rate, _ = _rate(ours(one, workers=1), n_images, repeats)
-            rows.append((f"  {default.precision}, 1 model thread + 1 decode thread", rate, ""))
+            variants += [(f"{threads}-thread model + 2 decode threads", one_lane, {"workers": 2}),
+                         ("default, batch_size=32", default, {"batch_size": 32})]
+        for label, clf, kw in variants:
+            rate, _ = _rate(ours(clf, **kw), n_images, repeats)
+            rows.append((f"  {default.precision}, one batch at a time, {label}" if clf is one_lane else f"  {label}",
+                         rate, ""))
 
         clf = SewerClassifier(model_dir, device="cpu", threads=threads, backend="torch")
         torch_rate, torch_scores = _rate(ours(clf), n_images, repeats)
@@ -252,7 +255,9 @@ def main(argv=None) -> int:
         write_footage(clip, clip_s, seed=3, fps=25, size=(720, 576), progress=False)
         print(f"footage: {clip_s:g} s synthetic clip, 720x576 at 25 fps, written in {time.perf_counter() - t0:.1f} s")
         footage = {}
-        for name, scanner in ((f"default ({default.precision})", default), ("ONNX Runtime fp32", fp32)):
+        for name, scanner in ((f"default ({default.precision}, {default.lanes} lanes)", default),
+                              (f"{default.precision}, one batch at a time ({threads}-thread model, decoding beside it)", one_lane),
+                              (f"ONNX Runtime fp32, {fp32.lanes} lanes", fp32)):
             t0 = time.perf_counter()
             result = scan_footage(clip, scanner, fps=2, progress=False)
             footage[name] = (result.stats.sampled / (time.perf_counter() - t0), result.stats.sampled,

@@ -17,21 +17,29 @@ see `sewer_hf.quantize`). `sewer-hf predict` defaults to backend "auto" (ONNX Ru
 `model.onnx` is there and onnxruntime is installed) and precision "auto" (the fastest, timed once
 per machine, of fp32 and a checked int8).
 
-Threads: decoding + resizing of the next batch runs in `workers` threads while the model scores
-the current one; by default the model gets all the cores this process may use and one decode
-thread per two cores (`inference_threads`), ONNX Runtime's threads do not spin while idle.
+Threads: with ONNX Runtime, many files and footage are scored in *lanes*: one per core
+(`inference_lanes`), each decoding and resizing its own batch and running the model on that
+batch with one thread. On a 2-core CPU this beat one 2-thread model next to a decode thread
+(ViT-T int8, 720x576 PNG): a parallel op waits for its slowest thread, and decoding kept taking
+one of the two, so the model ran slower than decoding and scoring one after the other. One
+image at a time (`predict`) still runs the model on every core. With PyTorch (one process-wide
+thread pool) decoding of the next batch runs in `workers` threads while the model scores the
+current one. ONNX Runtime's threads do not spin while idle.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -45,16 +53,41 @@ PRECISIONS = ("auto", "fp32", "int8", "bf16")
 DEFAULT_BACKEND = "torch"  # of the class (with fp32/bf16); the CLI defaults to "auto"
 DEFAULT_PRECISION = "fp32"  # of the class; the CLI defaults to "auto" (fp32 or a checked int8)
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_WORKERS = None  # decode/resize threads: inference_threads()
+DEFAULT_WORKERS = None  # decode/resize threads next to a PyTorch model: inference_threads()
 
 
 def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
-    """(model threads, decode threads) for this machine: the model takes every core, decoding
+    """(model threads, decode threads) for a PyTorch model: the model takes every core, decoding
     one thread per two cores (it overlaps with the model and needs ~1/4 of its time on ViT-T)."""
     from sewer_hf.machine import available_cores
 
     cores = cores or available_cores()
     return cores, max(1, cores // 2)
+
+
+def inference_lanes(cores: Optional[int] = None) -> int:
+    """Batches scored in parallel by an ONNX Runtime model, each on one thread: one per core."""
+    from sewer_hf.machine import available_cores
+
+    return max(1, cores or available_cores())
+
+
+def in_lanes(items: Iterable, work: Callable, lanes: int) -> Iterator:
+    """``work(item)`` for each item, ``lanes`` at a time in threads, results in the items' order.
+    At most ``lanes + 1`` items are in flight: the caller prepares the next one (e.g. decodes
+    footage) while the lanes work. An error in a lane is raised here, when its turn comes."""
+    with ThreadPoolExecutor(max_workers=lanes) as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(work, item))
+                if len(pending) > lanes:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 class SewerClassifier:
@@ -65,11 +98,13 @@ class SewerClassifier:
     device is the CPU at fp32, else PyTorch (the default, ``None``, is PyTorch for fp32/bf16).
     ``precision="int8"`` runs ``model.int8.onnx`` next to it, if its accuracy check passed;
     ``"auto"`` the fastest here of the allowed precisions (``precision_candidates``), said in
-    ``choice``. ``threads`` sets the model's intra-op threads."""
+    ``choice``. ``threads`` sets the model's intra-op threads for one batch; ``lanes`` how many
+    batches ``predict_files`` and the footage scan score at once, each on one thread (ONNX Runtime
+    only; default ``inference_lanes()``, one per core; 1 = one batch at a time on ``threads``)."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, threads: Optional[int] = None,
                  backend: Optional[str] = None, onnx_path: Optional[str | Path] = None,
-                 precision: str = DEFAULT_PRECISION) -> None:
+                 precision: str = DEFAULT_PRECISION, lanes: Optional[int] = None) -> None:
         import torch
         from transformers import AutoConfig
 
@@ -124,6 +159,14 @@ class SewerClassifier:
             self.model = None
             self.onnx_file = int8_path(onnx_file) if precision == "int8" else onnx_file
             self._session = _onnx_session(self.onnx_file, threads)
+        if lanes is not None and lanes < 1:
+            raise ConfigError(f"lanes={lanes}: expected a positive number of batches scored at once")
+        if lanes is not None and lanes > 1 and backend != "onnx":
+            raise ConfigError(f"lanes={lanes}: parallel lanes need the onnx backend (PyTorch shares one thread "
+                              f"pool per process); this model runs on {backend}")
+        self.lanes = lanes or (inference_lanes() if backend == "onnx" else 1)
+        self._lane_session_ = None
+        self._lane_lock = threading.Lock()
         with model_source_errors(self.model_dir):
             proc = _processor_config(self.model_dir)
         size = proc.get("size", {})
@@ -164,23 +207,33 @@ class SewerClassifier:
 
     # -- scoring ------------------------------------------------------------------------------
 
-    def scores_from_uint8(self, batch) -> np.ndarray:
-        """(N, 3, H, W) uint8 tensor at the model's size -> (N, 17) sigmoid scores."""
+    def _lane_session(self):
+        """The one-thread session the lanes share (ONNX Runtime's run is thread-safe)."""
+        with self._lane_lock:
+            if self._lane_session_ is None:
+                self._lane_session_ = _onnx_session(self.onnx_file, 1)
+            return self._lane_session_
+
+    def scores_from_uint8(self, batch, lane: bool = False) -> np.ndarray:
+        """(N, 3, H, W) uint8 tensor at the model's size -> (N, 17) sigmoid scores. ``lane``: called
+        from one of ``lanes`` parallel lanes (the model then runs on this thread only)."""
         import torch
 
         pixel_values = self.pixel_values(batch)
         if self.backend == "onnx":
-            logits = torch.from_numpy(self._session.run(["logits"], {"pixel_values": pixel_values.numpy()})[0])
+            session = self._lane_session() if lane and self.lanes > 1 else self._session
+            logits = torch.from_numpy(session.run(["logits"], {"pixel_values": pixel_values.numpy()})[0])
         else:
             with torch.inference_mode():
                 logits = self.model(pixel_values=pixel_values.to(self._dtype)).logits
         return torch.sigmoid(logits.float()).cpu().numpy()
 
-    def scores_from_arrays(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        """(H, W, 3) uint8 arrays at the model's size -> (N, 17) sigmoid scores."""
+    def scores_from_arrays(self, arrays: Sequence[np.ndarray], lane: bool = False) -> np.ndarray:
+        """(H, W, 3) uint8 arrays at the model's size -> (N, 17) sigmoid scores (``lane``: see
+        ``scores_from_uint8``)."""
         import torch
 
-        return self.scores_from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+        return self.scores_from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), lane=lane)
 
     def predict(self, images: Sequence) -> np.ndarray:
         """(N, 17) sigmoid scores for images (PIL in any mode, paths, bytes, arrays: each decoded
@@ -191,32 +244,47 @@ class SewerClassifier:
 
     def predict_files(self, paths: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
                       workers: Optional[int] = DEFAULT_WORKERS, progress: bool = True) -> tuple[np.ndarray, list[int]]:
-        """Scores of the readable files (in order) and the indices of unreadable ones. The next
-        batch is decoded (``workers`` threads; default ``inference_threads()``) while the model
-        scores the current one."""
+        """Scores of the readable files (in order) and the indices of unreadable ones. In lanes
+        (``lanes`` > 1): each lane decodes, resizes and scores its own batch of at most
+        ``batch_size`` files. Else the next batch is decoded (``workers`` threads; default
+        ``inference_threads()``) while the model scores the current one."""
         import torch
         from tqdm.auto import tqdm
 
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size}: expected a positive number of images")
-        if workers is None:
-            workers = inference_threads()[1]
         scores, bad = [], []
+        if self.lanes > 1:  # batch_size images in flight across the lanes, and no lane left idle at the end
+            batch_size = max(1, min(math.ceil(batch_size / self.lanes), math.ceil(len(paths) / self.lanes)))
         starts = list(range(0, len(paths), batch_size))
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
-                tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+
+        def score(start: int, images: list, lane: bool) -> tuple[list, list]:
+            """(scores of the decoded images, indices of the unreadable ones) of one batch."""
+            ok = [im for im in images if im is not None]
+            return ([self.scores_from_uint8(torch.stack(ok), lane=lane)] if ok else [],
+                    [start + i for i, im in enumerate(images) if im is None])
+
+        with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+            if self.lanes > 1:  # each lane decodes and scores its own batch
+                lane = lambda start: score(start, [self._load_file(p) for p in paths[start:start + batch_size]], True)  # noqa: E731
+                done = in_lanes(starts, lane, self.lanes)
+            else:
+                done = self._decode_ahead(paths, starts, batch_size, max(1, workers or inference_threads()[1]), score)
+            for start, (batch_scores, batch_bad) in zip(starts, done):
+                scores += batch_scores
+                bad += batch_bad
+                bar.update(len(paths[start:start + batch_size]))
+        return (np.concatenate(scores) if scores else np.zeros((0, L.NUM_CLASSES), np.float32)), bad
+
+    def _decode_ahead(self, paths, starts, batch_size, workers, score) -> Iterator[tuple[list, list]]:
+        """One batch at a time through the model; the next is decoded in ``workers`` threads meanwhile."""
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             submit = lambda s: [pool.submit(self._load_file, p) for p in paths[s:s + batch_size]]  # noqa: E731
             pending = submit(starts[0]) if starts else []
             for k, start in enumerate(starts):
-                chunk = paths[start:start + batch_size]
                 images = [f.result() for f in pending]
-                pending = submit(starts[k + 1]) if k + 1 < len(starts) else []  # decoded while the model runs
-                ok = [im for im in images if im is not None]
-                bad += [start + i for i, im in enumerate(images) if im is None]
-                if ok:
-                    scores.append(self.scores_from_uint8(torch.stack(ok)))
-                bar.update(len(chunk))
-        return (np.concatenate(scores) if scores else np.zeros((0, L.NUM_CLASSES), np.float32)), bad
+                pending = submit(starts[k + 1]) if k + 1 < len(starts) else []
+                yield score(start, images, False)
 
     def _load_file(self, path: str):
         from sewer_hf.data import decode_rgb
@@ -420,8 +488,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="scores.csv", help="scores file: Filename + the 17 codes")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                        help="decode/resize threads, overlapped with the model (default: one per two cores)")
-    parser.add_argument("--threads", type=int, default=None, help="model intra-op threads (default: all cores)")
+                        help="with one lane: decode/resize threads next to the model (default: one per two cores)")
+    add_thread_arguments(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="onnx: ONNX Runtime on <model>/model.onnx (write it with sewer-hf export-onnx); "
                              "auto (default): onnx when that file exists and onnxruntime is installed, else torch")
@@ -431,6 +499,14 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-missing", action="store_true",
                         help="leave out the rows of a Sewer-ML split whose image file is missing (default: an error)")
     parser.set_defaults(func=run_predict)
+
+
+def add_thread_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None,
+                        help="model intra-op threads for one batch (default: all cores)")
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="batches scored at once, each decoded and scored on one thread (ONNX Runtime; "
+                             "default: one per core; 1 = one batch at a time on --threads)")
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -446,7 +522,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     names, paths = list_inputs(args.data, args.split, args.annotations_dir, drop_missing=args.drop_missing)
     clf = SewerClassifier(args.model, device=args.device, threads=args.threads, backend=args.backend,
-                          onnx_path=args.onnx, precision=args.precision)
+                          onnx_path=args.onnx, precision=args.precision, lanes=args.lanes)
     print(f"model: {clf.describe()}", file=sys.stderr)
     scores, bad = clf.predict_files(paths, batch_size=args.batch_size, workers=args.workers)
     bad_set = set(bad)

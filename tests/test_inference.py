@@ -139,6 +139,14 @@ def test_onnx_backend_predict_files_and_unreadable_files(classifier_dir, onnx_pa
     assert got.shape == (len(image_files), 17)
     assert np.abs(got - expected).max() <= SCORE_TOLERANCE
     assert list(onnx_clf.thresholds) == list(torch_clf.thresholds)
+    # in lanes (each decodes and scores its own batch on one thread): the same rows, in order
+    for lanes in (2, 3):
+        laned = SewerClassifier(classifier_dir, backend="onnx", lanes=lanes)
+        got_laned, bad_laned = laned.predict_files(paths, batch_size=3, progress=False)
+        assert bad_laned == [0, 4, 5]
+        assert np.abs(got_laned - got).max() <= 1e-5
+    with pytest.raises(ConfigError, match="lanes=0"):
+        SewerClassifier(classifier_dir, backend="onnx", lanes=0)
 
 
 def test_export_onnx_cli_and_predict_backend_flag(classifier_dir, image_files, tmp_path, capsys):

@@ -155,23 +155,30 @@ def test_damaged_packets_are_skipped_and_counted(classifier, footage, tmp_path):
     assert "damaged frame(s) could not be decoded" in (tmp_path / "r" / "report.html").read_text()
 
 
-def test_decode_thread_hands_over_batches_in_order_and_its_errors(classifier, footage):
-    from sewer_hf.device_feed import DevicePrefetcher
+def test_lanes_hand_back_batches_in_order_and_their_errors(classifier, footage):
+    import threading
+    import time
 
-    def _prefetched(items, depth=2):  # what scan_footage reads its batches through
-        return iter(DevicePrefetcher(items, lambda batch: batch, "cpu", mode="thread", depth=depth))
+    from sewer_hf.predict import in_lanes
 
-    def items():
-        yield from range(5)
-        raise DataError("frame 5 is broken")
+    started = []
+
+    def work(i):  # the first item is the slowest: the results must still come back in order
+        started.append(i)
+        time.sleep(0.05 if i == 0 else 0.0)
+        if i == 5:
+            raise DataError("item 5 is broken")
+        return i * 10, threading.get_ident()
 
     got = []
-    with pytest.raises(DataError, match="frame 5"):
-        for item in _prefetched(items()):
-            got.append(item)
-    assert got == [0, 1, 2, 3, 4]
-    # a consumer that stops early does not leave the producer blocked
-    stream = _prefetched(iter(range(1000)), depth=1)
+    with pytest.raises(DataError, match="item 5"):
+        for value, _ in in_lanes(range(8), work, lanes=2):
+            got.append(value)
+    assert got == [0, 10, 20, 30, 40]
+    assert max(started) <= 5 + 2, "no more than lanes + 1 items run ahead of the one that failed"
+    threads = {ident for _, ident in in_lanes(range(6), lambda i: (time.sleep(0.02), threading.get_ident()), 2)}
+    assert len(threads) == 2, "two lanes, two threads"
+    stream = in_lanes(iter(range(1000)), lambda i: i, lanes=1)  # a consumer that stops early
     assert next(stream) == 0
     stream.close()
 
@@ -187,6 +194,23 @@ def test_decode_thread_hands_over_batches_in_order_and_its_errors(classifier, fo
 
     with pytest.raises(RuntimeError, match="model broke"):
         scan_footage(footage, Failing(), fps=2, batch_size=4, progress=False)
+
+
+def test_scan_in_two_lanes_equals_one_batch_at_a_time(classifier, footage, tmp_path):
+    from sewer_hf.onnx_export import export_onnx
+    from sewer_hf.predict import SewerClassifier
+
+    export_onnx(classifier.model_dir, tmp_path / "model.onnx")
+    one = SewerClassifier(classifier.model_dir, backend="onnx", onnx_path=tmp_path / "model.onnx", lanes=1)
+    two = SewerClassifier(classifier.model_dir, backend="onnx", onnx_path=tmp_path / "model.onnx", lanes=2)
+    a = scan_footage(footage, one, fps=2, batch_size=3, progress=False)
+    b = scan_footage(footage, two, fps=2, batch_size=3, progress=False)
+    assert b.times.tolist() == a.times.tolist() and len(a.times) == FOOTAGE_SECONDS * 2
+    assert np.abs(b.scores - a.scores).max() <= 1e-5
+    assert sorted(b.thumbnails) == sorted(a.thumbnails)
+    assert all(b.thumbnails[i] == a.thumbnails[i] for i in a.thumbnails), "each thumbnail is its own frame's"
+    with pytest.raises(ConfigError, match="onnx backend"):
+        SewerClassifier(classifier.model_dir, device="cpu", lanes=2)
 
 
 def test_scan_precision_int8(classifier, footage, tmp_path, capsys):
