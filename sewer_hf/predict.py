@@ -75,8 +75,15 @@ def inference_lanes(cores: Optional[int] = None) -> int:
 def in_lanes(items: Iterable, work: Callable, lanes: int) -> Iterator:
     """``work(item)`` for each item, ``lanes`` at a time in threads, results in the items' order.
     At most ``lanes + 1`` items are in flight: the caller prepares the next one (e.g. decodes
-    footage) while the lanes work. An error in a lane is raised here, when its turn comes."""
-    with ThreadPoolExecutor(max_workers=lanes) as pool:
+    footage) while the lanes work. An error in a lane is raised here, when its turn comes.
+    torch ops in a lane (resize, normalisation) run on that lane's thread only: two lanes sharing
+    torch's thread pool would wait for each other at every parallel op."""
+    import torch
+
+    caller_threads = torch.get_num_threads()
+    # torch's thread count is per thread (OpenMP); setting it in a lane also becomes the default
+    # of threads started later, which is put back below
+    with ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         pending: collections.deque = collections.deque()
         try:
             for item in items:
@@ -88,6 +95,7 @@ def in_lanes(items: Iterable, work: Callable, lanes: int) -> Iterator:
         finally:
             for future in pending:
                 future.cancel()
+            torch.set_num_threads(caller_threads)
 
 
 class SewerClassifier:
