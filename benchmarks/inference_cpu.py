@@ -237,6 +237,18 @@ def main(argv=None) -> int:
             rate, _ = _rate(lambda model=model: model.scores_from_uint8(pixels), batch, repeats + 1)
             rows.append((f"  model alone, {name}, batch {batch}", rate, ""))
             model_alone[name] = rate
+        # why lanes: the int8 model on one thread, and that many one-thread runs at once
+        laned = int8["int8 dynamic"]
+        rate, _ = _rate(lambda: laned.scores_from_uint8(pixels, lane=True), batch, repeats + 1)
+        rows.append((f"  model alone, ONNX Runtime int8 dynamic, batch {batch}, 1 thread", rate, ""))
+        from sewer_hf.predict import in_lanes
+
+        together = lambda: list(in_lanes(range(laned.lanes), lambda _: laned.scores_from_uint8(pixels, lane=True),  # noqa: E731
+                                         laned.lanes))
+        rate, _ = _rate(together, batch * laned.lanes, repeats + 1)
+        name = f"ONNX Runtime int8 dynamic, {laned.lanes} one-thread runs at once"
+        rows.append((f"  model alone, {name}", rate, ""))
+        model_alone[name] = rate
 
         if args.compile:
             t0 = time.perf_counter()
