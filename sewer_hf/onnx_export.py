@@ -125,6 +125,11 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labelled Sewer-ML root for the int8 accuracy check (default: held-out synthetic frames)")
     parser.add_argument("--check-split", default="Val", help="split of --check-data (default Val)")
     parser.add_argument("--check-frames", type=int, default=None, help="frames in the accuracy check (default 256)")
+    parser.add_argument("--bf16-check", choices=("auto", "yes", "no"), default="auto",
+                        help="also check bf16 weights against fp32 on the same frames (<model>/model.bf16.check.json; "
+                             "--precision auto then times bf16 on CPUs with native bf16). auto (default): yes on a "
+                             "CPU with native bf16; elsewhere bf16 runs ~6x slower than fp32 and is never picked, "
+                             "so the check is left out unless asked for (yes: ship it with the model)")
     parser.set_defaults(func=run_export_onnx)
 
 
@@ -132,7 +137,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     from sewer_hf import quantize as Q
 
     frames = Q.CHECK_FRAMES if args.check_frames is None else args.check_frames
-    if args.int8 != "none" and frames < 1:
+    if (args.int8 != "none" or args.bf16_check == "yes") and frames < 1:
         raise ConfigError(f"--check-frames {frames}: expected a positive number of frames")
     if args.verify or args.int8 != "none":
         require_onnxruntime()  # fail before the export, not after
@@ -148,4 +153,12 @@ def run_export_onnx(args: argparse.Namespace) -> int:
               f"max |dscore| {check['max_abs_score_diff']:.3g}, {100 * check['decisions_changed']:.2f} % of "
               f"decisions changed, F2_CIW {d['F2_CIW']:+.2f} / F1_Normal {d['F1_Normal']:+.2f} points vs fp32 "
               f"(bound -{check['bound_points']}): {verdict}")
+    if args.bf16_check == "yes" or (args.bf16_check == "auto" and Q.native_bf16()):
+        path, check = Q.export_bf16_check(args.model, args.check_data, args.check_split, frames)
+        d = check["delta_points"]
+        verdict = ("passed: --precision auto may time it on CPUs with native bf16" if check["passed"] else
+                   "FAILED: auto will not pick bf16")
+        print(f"wrote {path}: bf16 weights on {check['frames']} held-out frames max |dscore| "
+              f"{check['max_abs_score_diff']:.3g}, F2_CIW {d['F2_CIW']:+.2f} / F1_Normal {d['F1_Normal']:+.2f} "
+              f"points vs fp32 (bound -{check['bound_points']}): {verdict}")
     return 0

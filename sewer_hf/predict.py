@@ -133,8 +133,8 @@ class SewerClassifier:
             _require_int8(onnx_file)
             backend = "onnx"
         elif precision == "auto":
-            candidates = precision_candidates(onnx_file, device, backend)
-            (backend, precision), self.choice = _fastest(candidates, onnx_file, threads)
+            candidates = precision_candidates(onnx_file, device, backend, model_dir=model_dir)
+            (backend, precision), self.choice = _fastest(candidates, onnx_file, threads, model_dir=model_dir)
         elif backend == "auto":
             backend = _auto_backend(onnx_file, device, precision)
         if backend == "onnx" and precision == "bf16":
@@ -359,17 +359,18 @@ def _require_int8(onnx_file: Path) -> None:
                           f"use --precision fp32 (or auto)")
 
 
-def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = "auto") -> list[tuple[str, str]]:
+def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = "auto",
+                         model_dir: Optional[str | Path] = None) -> list[tuple[str, str]]:
     """(backend, precision) pairs that ``precision="auto"`` may pick here, fp32 first. On a GPU:
     PyTorch fp32. On a CPU: fp32 (ONNX Runtime when ``model.onnx`` is there and the backend
-    allows it, else PyTorch) and int8 when its model passed its accuracy check. bf16 ships no
-    accuracy check, so auto never picks it (and it is 6x slower than fp32 on CPUs without native
-    bf16); ask for it with precision='bf16'."""
+    allows it, else PyTorch), int8 when its model passed its accuracy check, and PyTorch with
+    bf16 weights when this CPU has native bf16 and ``model_dir``'s bf16 check passed (without
+    native bf16 they ran 6x slower than fp32: never offered there)."""
     import importlib.util
 
     import torch
 
-    from sewer_hf.quantize import read_int8_check
+    from sewer_hf.quantize import native_bf16, read_bf16_check, read_int8_check
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")
@@ -378,39 +379,49 @@ def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = 
         return [("torch", "fp32")]
     has_ort = importlib.util.find_spec("onnxruntime") is not None
     if backend == "torch":
-        return [("torch", "fp32")]
-    fp32 = ("onnx", "fp32") if backend == "onnx" or (has_ort and onnx_file.is_file()) else ("torch", "fp32")
-    out = [fp32]
-    if has_ort and fp32[0] == "onnx":  # export-onnx writes the int8 graph next to the fp32 one
-        check = read_int8_check(onnx_file)
+        out = [("torch", "fp32")]
+    else:
+        fp32 = ("onnx", "fp32") if backend == "onnx" or (has_ort and onnx_file.is_file()) else ("torch", "fp32")
+        out = [fp32]
+        if has_ort and fp32[0] == "onnx":  # export-onnx writes the int8 graph next to the fp32 one
+            check = read_int8_check(onnx_file)
+            if check is not None and check.get("passed"):
+                out.append(("onnx", "int8"))
+            elif check is not None:
+                logger.info("int8 model not used: %s", check.get("why"))
+    if backend != "onnx" and model_dir is not None and native_bf16():
+        check = read_bf16_check(model_dir)
         if check is not None and check.get("passed"):
-            out.append(("onnx", "int8"))
+            out.append(("torch", "bf16"))
         elif check is not None:
-            logger.info("int8 model not used: %s", check.get("why"))
+            logger.info("bf16 weights not used: %s", check.get("why"))
     return out
 
 
-def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Optional[int]) -> tuple[tuple[str, str], str]:
+def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Optional[int],
+             model_dir: Optional[str | Path] = None) -> tuple[tuple[str, str], str]:
     """The fastest candidate on this machine (timed once, then cached), and a line saying so."""
     if len(candidates) == 1:
         return candidates[0], f"auto: {candidates[0][1]} (the only precision allowed here)"
-    from sewer_hf.quantize import cached_choice, int8_path, machine_key, store_choice, time_scorer
+    from sewer_hf.quantize import BF16_CHECK_FILE, cached_choice, int8_path, machine_key, store_choice, time_scorer
 
-    key = machine_key([onnx_file, int8_path(onnx_file)], threads)
+    files = [onnx_file, int8_path(onnx_file)] + ([Path(model_dir) / BF16_CHECK_FILE] if model_dir else [])
+    key = machine_key(files, threads)
     cached = cached_choice(key)
     by_precision = {p: (b, p) for b, p in candidates}
     if cached in by_precision:
         return by_precision[cached], f"auto: {cached} (fastest on this machine, timed earlier)"
-    import onnxruntime  # noqa: F401 - candidates here are all ONNX graphs
-
     timings = {}
     for backend, precision in candidates:
-        path = int8_path(onnx_file) if precision == "int8" else onnx_file
-        session = _onnx_session(path, threads)
-        shape = session.get_inputs()[0].shape
-        size = (int(shape[3]), int(shape[2]))
-        timings[precision] = time_scorer(
-            lambda px, session=session: session.run(["logits"], {"pixel_values": px.float().numpy()}), size)
+        if backend == "onnx":
+            session = _onnx_session(int8_path(onnx_file) if precision == "int8" else onnx_file, threads)
+            shape = session.get_inputs()[0].shape
+            size = (int(shape[3]), int(shape[2]))
+            score = lambda px, session=session: session.run(["logits"], {"pixel_values": px.float().numpy()})  # noqa: E731
+        else:
+            model = SewerClassifier(model_dir, device="cpu", threads=threads, backend="torch", precision=precision)
+            size, score = model.size, model.scores_from_uint8
+        timings[precision] = time_scorer(score, size)
     best = min(timings, key=timings.get)
     store_choice(key, best, timings)
     said = ", ".join(f"{p} {1000 * t:.1f} ms/img" for p, t in timings.items())

@@ -18,8 +18,10 @@ choice of precision (``--precision auto``).
 ``predict``, ``scan`` and the Space run int8 only when its check passed: ``--precision int8``
 with a failed or missing check is an error that says which; ``--precision auto`` times, once per
 machine (cached in ``$SEWER_HF_CACHE/precision_choice.json``), the precisions that are allowed
-here and keeps the fastest: fp32 and int8 (if passed); bf16 only on a CPU with native bf16
-(AVX512-BF16 or AMX) — on AVX2 alone bf16 weights ran 6x slower than fp32.
+here and keeps the fastest: fp32, int8 (if passed) and bf16 weights, only on a CPU with native
+bf16 (AVX512-BF16 or AMX) and only if their own check (``model.bf16.check.json``, written by
+``export-onnx`` next to the weights, same frames and bound) passed; on AVX2 alone bf16 weights
+ran 6x slower than fp32.
 """
 from __future__ import annotations
 
@@ -97,6 +99,16 @@ def labelled_frames(classifier, data: str, split: str, n: int) -> tuple[np.ndarr
     rows = ds.select(idx.tolist())
     pixels = [classifier.resized(im) for im in rows["image"]]
     return torch.stack(pixels).numpy(), np.asarray(rows["labels"], dtype=np.int64)
+
+
+def check_frames(classifier, check_data: Optional[str], check_split: str, frames: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """The held-out frames of an accuracy check: (uint8 pixels, labels, where they come from)."""
+    if check_data:
+        uint8, targets = labelled_frames(classifier, check_data, check_split, frames)
+        return uint8, targets, f"{check_data} split {check_split}, {len(targets)} frames spread over the split"
+    uint8, targets = synthetic_frames(classifier, frames, CHECK_SEED)
+    return uint8, targets, (f"synthetic (sewer_hf.synth, seed {CHECK_SEED}, {CHECK_FRAME_SIZE[0]}x"
+                            f"{CHECK_FRAME_SIZE[1]}); pass --check-data for real held-out frames")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,13 +207,7 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
     t0 = time.perf_counter()
     quantize_int8(onnx_path, out, method, calibration)
     quantize_s = time.perf_counter() - t0
-    if check_data:
-        uint8, targets = labelled_frames(fp32, check_data, check_split, frames)
-        source = f"{check_data} split {check_split}, {len(targets)} frames spread over the split"
-    else:
-        uint8, targets = synthetic_frames(fp32, frames, CHECK_SEED)
-        source = (f"synthetic (sewer_hf.synth, seed {CHECK_SEED}, {CHECK_FRAME_SIZE[0]}x{CHECK_FRAME_SIZE[1]}); "
-                  "pass --check-data for real held-out frames")
+    uint8, targets, source = check_frames(fp32, check_data, check_split, frames)
     pixel_values = fp32.pixel_values(torch.from_numpy(uint8)).numpy()
     reference = _session_scores(onnx_path, pixel_values, threads)
     candidate = _session_scores(out, pixel_values, threads)
@@ -212,6 +218,63 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
                           f"at most {BOUND_POINTS} points vs fp32 on these frames"})
     check_path(onnx_path).write_text(json.dumps(check, indent=2) + "\n")
     return out, check
+
+
+WEIGHTS_FILE = "model.safetensors"
+BF16_CHECK_FILE = "model.bf16.check.json"
+
+
+def export_bf16_check(model_dir: str | Path, check_data: Optional[str] = None, check_split: str = "Val",
+                      frames: int = CHECK_FRAMES, threads: Optional[int] = None) -> tuple[Path, dict]:
+    """The accuracy check of bf16 weights (PyTorch, cast at load time) against fp32, on the same
+    held-out frames and with the same bound as int8's; written to ``<model_dir>/model.bf16.check.json``
+    and tied to the SHA-256 of the weights. ``--precision auto`` may then time bf16 on a CPU with
+    native bf16. Returns (check path, check dict)."""
+    import torch
+
+    from sewer_hf.predict import SewerClassifier
+
+    if frames < 1:
+        raise ConfigError(f"check frames={frames}: expected a positive number of frames")
+    model_dir = Path(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise DataError(f"{model_dir}: no {WEIGHTS_FILE}; expected an exported classifier/ folder")
+    fp32 = SewerClassifier(model_dir, device="cpu", backend="torch", precision="fp32", threads=threads)
+    bf16 = SewerClassifier(model_dir, device="cpu", backend="torch", precision="bf16", threads=threads)
+    uint8, targets, source = check_frames(fp32, check_data, check_split, frames)
+    batches = [torch.from_numpy(uint8[i:i + 32]) for i in range(0, len(uint8), 32)]
+    reference = np.concatenate([fp32.scores_from_uint8(b) for b in batches]).astype(np.float64)
+    candidate = np.concatenate([bf16.scores_from_uint8(b) for b in batches]).astype(np.float64)
+    check = compare_scores(reference, candidate, targets, fp32.thresholds)
+    check.update({"precision": "bf16", "frames_source": source, "weights_file": WEIGHTS_FILE,
+                  "weights_sha256": sha256(weights), "checked_on": cpu_features(),
+                  "rule": f"bf16 weights pass when F2_CIW and F1_Normal at the shipped thresholds each drop by "
+                          f"at most {BOUND_POINTS} points vs fp32 on these frames; auto times them only on a "
+                          f"CPU with native bf16"})
+    path = model_dir / BF16_CHECK_FILE
+    write_json_atomically(check, path)
+    return path, check
+
+
+def read_bf16_check(model_dir: str | Path) -> Optional[dict]:
+    """The bf16 check of ``model_dir``'s weights, or None when there is none; one that no longer
+    matches the weights comes back with ``passed`` False and a ``why``."""
+    path = Path(model_dir) / BF16_CHECK_FILE
+    if not path.is_file():
+        return None
+    try:
+        check = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return {"passed": False, "why": f"{path} is not readable JSON ({exc})"}
+    weights = Path(model_dir) / WEIGHTS_FILE
+    if not weights.is_file() or check.get("weights_sha256") != sha256(weights):
+        return dict(check, passed=False, why=f"{weights.name} is not the file {path.name} checked: export again")
+    if not check.get("passed"):
+        delta = check.get("delta_points", {})
+        check = dict(check, why=f"it failed its accuracy check: F2_CIW {delta.get('F2_CIW')} and F1_Normal "
+                                f"{delta.get('F1_Normal')} points vs fp32 (bound: -{check.get('bound_points')})")
+    return check
 
 
 # ------------------------------------------------------------------------------------------------

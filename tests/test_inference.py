@@ -309,6 +309,44 @@ def test_auto_precision_offers_int8_only_when_checked_and_never_bf16(classifier_
     assert (only.backend, only.precision) == ("onnx", "fp32") and "only precision" in only.choice
 
 
+def test_bf16_check_lets_auto_time_bf16_only_with_native_bf16(classifier_dir, tmp_path, monkeypatch, capsys):
+    import json
+    import shutil
+
+    from sewer_hf import quantize as Q
+    from sewer_hf.cli import main
+    from sewer_hf.predict import precision_candidates
+
+    monkeypatch.setenv("SEWER_HF_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "classifier"
+    shutil.copytree(classifier_dir, model)
+    assert main(["export-onnx", "--model", str(model), "--int8", "none", "--check-frames", "8", "--bf16-check", "yes"]) == 0
+    assert "model.bf16.check.json: bf16 weights on 8 held-out frames" in capsys.readouterr().out
+    check = json.loads((model / Q.BF16_CHECK_FILE).read_text())
+    assert check["precision"] == "bf16" and check["frames"] == 8
+    assert check["weights_sha256"] == Q.sha256(model / Q.WEIGHTS_FILE)
+    assert 0 < check["max_abs_score_diff"] < 0.2  # bf16 weights: scores move, a little
+    assert check["passed"] == all(d >= -check["bound_points"] for d in check["delta_points"].values())
+    (model / Q.BF16_CHECK_FILE).write_text(json.dumps(dict(check, passed=True)))
+    onnx_file = model / "model.onnx"
+
+    monkeypatch.setattr(Q, "native_bf16", lambda flags=None: False)  # this machine: AVX2 only
+    assert precision_candidates(onnx_file, "cpu", model_dir=model) == [("onnx", "fp32")]
+    monkeypatch.setattr(Q, "native_bf16", lambda flags=None: True)  # as on a CPU with AMX / AVX512-BF16
+    assert precision_candidates(onnx_file, "cpu", model_dir=model) == [("onnx", "fp32"), ("torch", "bf16")]
+    assert precision_candidates(onnx_file, "cpu", backend="onnx", model_dir=model) == [("onnx", "fp32")]
+    # auto times the candidates and keeps the fastest: here bf16 is made to win
+    timings = iter([0.002, 0.001])  # s/img of fp32, then bf16 (the candidates' order)
+    monkeypatch.setattr(Q, "time_scorer", lambda score, size: (score(torch.zeros(1, 3, *size[::-1], dtype=torch.uint8)),
+                                                               next(timings))[1])
+    clf = SewerClassifier(model, device="cpu", backend="auto", precision="auto")
+    assert (clf.backend, clf.precision) == ("torch", "bf16") and "bf16" in clf.choice
+    # other weights than the ones checked: not offered
+    (model / Q.WEIGHTS_FILE).write_bytes((model / Q.WEIGHTS_FILE).read_bytes() + b" ")
+    assert Q.read_bf16_check(model)["passed"] is False
+    assert precision_candidates(onnx_file, "cpu", model_dir=model) == [("onnx", "fp32")]
+
+
 def test_predict_cli_precision_flag(classifier_dir, int8_export, image_files, tmp_path, capsys):
     from sewer_hf.cli import main
 
