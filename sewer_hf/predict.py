@@ -530,10 +530,10 @@ def add_thread_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto (default): the fastest on this machine of fp32 and int8 (int8 only if "
-                             "export-onnx wrote it and it passed its accuracy check); int8: ONNX Runtime on "
-                             "<model>/model.int8.onnx; bf16: torch backend, bf16 weights (fast only with "
-                             "AVX512-BF16/AMX; scores move by ~1e-2)")
+                        help="auto (default): the fastest on this machine of fp32, int8 (if export-onnx wrote it "
+                             "and it passed its accuracy check) and bf16 weights (only on a CPU with native bf16, "
+                             "if export-onnx --bf16-check passed); int8: ONNX Runtime on <model>/model.int8.onnx; "
+                             "bf16: torch backend, bf16 weights (fast only with AVX512-BF16/AMX; scores move by ~1e-2)")
 
 
 def run_predict(args: argparse.Namespace) -> int:
