@@ -301,9 +301,10 @@ class SewerClassifier:
         return None if image is None else self.resized(image)
 
     def describe(self) -> str:
-        """One line: backend, precision and, under auto, why."""
+        """One line: backend, precision, lanes and, under auto, why."""
         what = "ONNX Runtime" if self.backend == "onnx" else f"PyTorch on {self.device.type}"
-        return f"{what} {self.precision}" + (f" [{self.choice}]" if self.choice else "")
+        lanes = f", {self.lanes} lanes of 1 thread" if self.lanes > 1 else ""
+        return f"{what} {self.precision}{lanes}" + (f" [{self.choice}]" if self.choice else "")
 
     def verdict(self, scores: np.ndarray) -> list[str]:
         """The defect codes at or above their thresholds (empty = normal)."""
