@@ -1,6 +1,7 @@
 """The label-efficiency experiment end to end on a tiny budget: results.json's structure, the same
 labelled subset across arms, the pretraining curve, reuse of finished runs, and a refusal to
-overwrite a finished run with another config."""
+overwrite a finished run with another config. Its 2-process launch also carries DINO's feed
+thread on 2 processes (one launch for both: each costs ~20 s of the suite)."""
 import json
 import os
 import subprocess
@@ -8,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from sewer_hf.errors import ConfigError
 from sewer_hf.label_efficiency import ARMS, METRICS, load_experiment, run_experiment
@@ -22,7 +25,10 @@ TINY = {
     "arms": list(ARMS),
     "pretrain": {"epochs": 1, "warmup_epochs": 0, "image_size": 32, "decode_size": 32, "batch_size": 16,
                  "knn_every_epochs": 1, "knn_max_train": 64, "rankme_samples": 32, "out_dim": 64,
-                 "hidden_dim": 32, "bottleneck_dim": 16},
+                 "hidden_dim": 32, "bottleneck_dim": 16,
+                 # the device-side feed thread on 2 processes (gloo): the loader is read in the thread
+                 # (accelerate syncs its RNG when it starts) while the training thread all-reduces
+                 "device_feed": "thread", "save_rank_states": True},
     "finetune": {"image_size": 32, "batch_size": 16, "epochs": 1, "warmup_epochs": 0, "lr_milestones": [1],
                  "threshold_holdout": 0.0, "save_every_steps": 1000},
 }
@@ -45,6 +51,10 @@ def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_p
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("[label-efficiency] pretrain: done") == 1
+    assert "next batches prepared in a background thread" in proc.stdout
+    ranks = [load_file(str(p)) for p in sorted((out / "pretrain" / "rank_states").glob("rank*.safetensors"))]
+    assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), \
+        "both processes hold the same teacher and center"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["machine"]["processes"] == 2
     assert (out / "label_efficiency.png").stat().st_size > 0 and (out / "pretraining_curve.png").stat().st_size > 0
