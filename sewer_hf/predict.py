@@ -82,8 +82,10 @@ def in_lanes(items: Iterable, work: Callable, lanes: int) -> Iterator:
 
     caller_threads = torch.get_num_threads()
     # torch's thread count is per thread (OpenMP); setting it in a lane also becomes the default
-    # of threads started later, which is put back below
-    with ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    # of threads started later, which is put back below. A single lane keeps the caller's threads
+    # (a PyTorch model scored there still uses every core).
+    with ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads,
+                            initargs=(1 if lanes > 1 else caller_threads,)) as pool:
         pending: collections.deque = collections.deque()
         try:
             for item in items:

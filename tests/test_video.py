@@ -159,6 +159,8 @@ def test_lanes_hand_back_batches_in_order_and_their_errors(classifier, footage):
     import threading
     import time
 
+    import torch
+
     from sewer_hf.predict import in_lanes
 
     started = []
@@ -181,6 +183,15 @@ def test_lanes_hand_back_batches_in_order_and_their_errors(classifier, footage):
     stream = in_lanes(iter(range(1000)), lambda i: i, lanes=1)  # a consumer that stops early
     assert next(stream) == 0
     stream.close()
+    # torch ops in a lane run on its own thread; a single lane keeps the caller's threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert set(in_lanes(range(4), lambda _: torch.get_num_threads(), lanes=2)) == {1}
+        assert set(in_lanes(range(2), lambda _: torch.get_num_threads(), lanes=1)) == {2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
     class Failing:  # the model fails on the second batch: the scan stops with that error
         thresholds, model_dir, calls = classifier.thresholds, classifier.model_dir, 0
