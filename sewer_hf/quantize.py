@@ -263,18 +263,7 @@ def read_bf16_check(model_dir: str | Path) -> Optional[dict]:
     path = Path(model_dir) / BF16_CHECK_FILE
     if not path.is_file():
         return None
-    try:
-        check = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return {"passed": False, "why": f"{path} is not readable JSON ({exc})"}
-    weights = Path(model_dir) / WEIGHTS_FILE
-    if not weights.is_file() or check.get("weights_sha256") != sha256(weights):
-        return dict(check, passed=False, why=f"{weights.name} is not the file {path.name} checked: export again")
-    if not check.get("passed"):
-        delta = check.get("delta_points", {})
-        check = dict(check, why=f"it failed its accuracy check: F2_CIW {delta.get('F2_CIW')} and F1_Normal "
-                                f"{delta.get('F1_Normal')} points vs fp32 (bound: -{check.get('bound_points')})")
-    return check
+    return _read_check(path, Path(model_dir) / WEIGHTS_FILE, "weights_sha256")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,12 +279,18 @@ def read_int8_check(onnx_path: str | Path) -> Optional[dict]:
     path = check_path(onnx_path)
     if not path.is_file():
         return {"passed": False, "why": f"{path.name} is missing (no accuracy check for {model.name})"}
+    return _read_check(path, model, "int8_sha256")
+
+
+def _read_check(path: Path, checked: Path, sha_key: str) -> dict:
+    """An accuracy check file, with ``passed`` False and a ``why`` when it is unreadable, was made
+    for other bytes than ``checked``'s, or failed its bound."""
     try:
         check = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         return {"passed": False, "why": f"{path} is not readable JSON ({exc})"}
-    if check.get("int8_sha256") != sha256(model):
-        return dict(check, passed=False, why=f"{model.name} is not the file {path.name} checked "
+    if not checked.is_file() or check.get(sha_key) != sha256(checked):
+        return dict(check, passed=False, why=f"{checked.name} is not the file {path.name} checked "
                                              "(SHA-256 differs): export again")
     if not check.get("passed"):
         delta = check.get("delta_points", {})
