@@ -216,7 +216,7 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
                   "int8_sha256": sha256(out), "fp32_file": onnx_path.name, "quantize_s": round(quantize_s, 2),
                   "rule": f"int8 passes when F2_CIW and F1_Normal at the shipped thresholds each drop by "
                           f"at most {BOUND_POINTS} points vs fp32 on these frames"})
-    check_path(onnx_path).write_text(json.dumps(check, indent=2) + "\n")
+    write_json_atomically(check, check_path(onnx_path))
     return out, check
 
 
