@@ -1,5 +1,5 @@
 """Throughput of the paper's augmentations: CPU reference (PIL, one image at a time, one
-process) vs the batched module of ``sewer_hf.gpu_augment`` on the best device available.
+process) vs the batched module of ``sewer_hf.feed.batched`` on the best device available.
 
 Prints images/s for each and the ratio batched / reference, measured in the same run.
 Image decoding is not included (both start from decoded pixels).
@@ -44,7 +44,7 @@ def library_pipelines(mode: str, device) -> dict:
     paper's values (``PretrainAugConfig`` / ``FinetuneAugConfig``)."""
     import torch
 
-    from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform, finetune_transform
+    from sewer_hf.feed.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform, finetune_transform
 
     if mode == "pretrain":
         per_image, views = PretrainTransform().global_view, 2
@@ -141,8 +141,8 @@ def main(argv=None) -> int:
     import torch
     from PIL import Image
 
-    from sewer_hf.augment import PretrainTransform, finetune_transform
-    from sewer_hf.gpu_augment import GPUFinetuneAugment, GPUPretrainAugment, compile_augment
+    from sewer_hf.feed.augment import PretrainTransform, finetune_transform
+    from sewer_hf.feed.batched import GPUFinetuneAugment, GPUPretrainAugment, compile_augment
 
     args = _parse(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -26,8 +26,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "smoke_di
 
 
 def _augment():
-    from sewer_hf.augment import pretrain_augmentation
-    from sewer_hf.gpu_augment import GPUPretrainAugment
+    from sewer_hf.feed.augment import pretrain_augmentation
+    from sewer_hf.feed.batched import GPUPretrainAugment
 
     return GPUPretrainAugment(config=pretrain_augmentation("paper"), size=64, scale=(0.5, 1.0))
 
@@ -47,7 +47,7 @@ def main() -> int:
     from cpu_training import model_step_rate
 
     from sewer_hf.config import PretrainConfig, load_config
-    from sewer_hf.machine import available_cores
+    from sewer_hf.feed.machine import available_cores
 
     cfg = load_config(PretrainConfig, str(CONFIG), {})
     torch.set_num_threads(available_cores())

@@ -9,7 +9,7 @@ batch 32, the smoke configs):
       augmentations per image (PIL) in 2 loader workers, 2 torch threads;
   (c) after: the recipe with its defaults on frames read at the size they train on
       (`sewer-hf prepare --size 64` shards): augmentation batched on the CPU, workers and
-      threads chosen by `sewer_hf.machine` (reading a 64-px frame is cheap: no workers).
+      threads chosen by `sewer_hf.feed.machine` (reading a 64-px frame is cheap: no workers).
 (b) and (c) run the real `pretrain()` / `finetune()` with `max_steps`; their rate is the median
 img/s the progress bar reports (20-step windows) after a warm-up, so loading, augmentation,
 the step, the weight average, logging and the epoch-end checkpoints (one per 50 steps) all count;
@@ -35,13 +35,13 @@ import torch
 
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-from sewer_hf.dino import DINOLoss, ema_update, param_groups
-from sewer_hf.finetune import finetune
-from sewer_hf.losses import WeightedBCE
-from sewer_hf.machine import available_cores
-from sewer_hf.model import build_classifier, build_student_teacher, create_backbone
-from sewer_hf.pretrain import pretrain
-from sewer_hf.training import make_adamw
+from sewer_hf.models.dino import DINOLoss, ema_update, param_groups
+from sewer_hf.train.finetune import finetune
+from sewer_hf.models.losses import WeightedBCE
+from sewer_hf.feed.machine import available_cores
+from sewer_hf.models.vit import build_classifier, build_student_teacher, create_backbone
+from sewer_hf.train.pretrain import pretrain
+from sewer_hf.train.run import make_adamw
 from sewer_hf.synth import generate_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"

@@ -43,8 +43,8 @@ def _make_inputs(folder: Path, n_images: int) -> tuple[Path, list[str]]:
     import numpy as np
     import torch
 
-    from sewer_hf.export import save_classifier
-    from sewer_hf.model import build_classifier, create_backbone
+    from sewer_hf.models.hf_export import save_classifier
+    from sewer_hf.models.vit import build_classifier, create_backbone
     from sewer_hf.synth import render_frame
 
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def _pipeline_scores(outputs):
     """Pipeline outputs (label/score dicts) -> (N, 17) scores in CLASSES order."""
     import numpy as np
 
-    from sewer_hf.labels import CLASSES
+    from sewer_hf.data.labels import CLASSES
 
     return np.array([[{o["label"]: o["score"] for o in out}[c] for c in CLASSES] for out in outputs])
 
@@ -119,10 +119,10 @@ def main(argv=None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from sewer_hf import quantize as Q
-    from sewer_hf.machine import available_cores
-    from sewer_hf.onnx_export import export_onnx
-    from sewer_hf.predict import SewerClassifier, inference_lanes, inference_threads
+    from sewer_hf.inference import quantize as Q
+    from sewer_hf.feed.machine import available_cores
+    from sewer_hf.inference.onnx import export_onnx
+    from sewer_hf.inference.predict import SewerClassifier, inference_lanes, inference_threads
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -241,7 +241,7 @@ def main(argv=None) -> int:
         laned = int8["int8 dynamic"]
         rate, _ = _rate(lambda: laned.scores_from_uint8(pixels, lane=True), batch, repeats + 1)
         rows.append((f"  model alone, ONNX Runtime int8 dynamic, batch {batch}, 1 thread", rate, ""))
-        from sewer_hf.predict import in_lanes
+        from sewer_hf.inference.predict import in_lanes
 
         together = lambda: list(in_lanes(range(laned.lanes), lambda _: laned.scores_from_uint8(pixels, lane=True),  # noqa: E731
                                          laned.lanes))
@@ -259,8 +259,8 @@ def main(argv=None) -> int:
             rows.append((f"ours, torch.compile fp32 (compile {compile_s:.0f} s)", rate, ""))
 
         # -- footage: scan a synthetic clip at 2 fps ----------------------------------------------
-        from sewer_hf.footage import write_footage
-        from sewer_hf.video import scan_footage
+        from sewer_hf.synth.footage import write_footage
+        from sewer_hf.inference.video import scan_footage
 
         clip = Path(tmp) / "pipe.mp4"
         t0 = time.perf_counter()

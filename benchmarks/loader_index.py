@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sewer_hf.data import load_sewer_ml  # noqa: E402
-from sewer_hf.labels import CLASSES, CSV_COLUMNS  # noqa: E402
+from sewer_hf.data.labels import CLASSES, CSV_COLUMNS  # noqa: E402
 
 TRAIN_ROWS = 1_040_129
 QUICK_ROWS = 50_000

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from sewer_hf.labels import CLASSES, ciw_vector
+from sewer_hf.data.labels import CLASSES, ciw_vector
 from sewer_hf.metrics import compute_metrics, tune_thresholds
 
 TEST_SPLIT_ROWS = 130_026

@@ -39,9 +39,9 @@ def _parse(argv=None) -> argparse.Namespace:
 def _model(folder: Path, image_size: int) -> str:
     import torch
 
-    from sewer_hf import labels as L
-    from sewer_hf.export import save_classifier
-    from sewer_hf.model import create_backbone
+    from sewer_hf.data import labels as L
+    from sewer_hf.models.hf_export import save_classifier
+    from sewer_hf.models.vit import create_backbone
 
     torch.manual_seed(0)
     backbone = create_backbone("vit_tiny", img_size=image_size)
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     calls = args.calls or (8 if args.quick else 20)
     if args.threads:
         os.environ["SPACE_THREADS"] = str(args.threads)
-    from sewer_hf import space_app
+    from sewer_hf.hub import space_app
 
     with tempfile.TemporaryDirectory(prefix="space_latency_") as tmp:
         folder = Path(tmp)

@@ -6,13 +6,13 @@ r"""Fine-tuning (from a DINO backbone), linear probe, or fully supervised traini
 
 `--backbone none` trains from scratch; `--linear_probe` freezes the backbone. Every field of
 `sewer_hf.config.FinetuneConfig` can be set in the YAML file or as `--key value` (`--help`).
-The loop lives in `sewer_hf.finetune`.
+The loop lives in `sewer_hf.train.finetune`.
 """
 import sys
 
 from sewer_hf.config import FinetuneConfig
-from sewer_hf.finetune import finetune
-from sewer_hf.recipe import run_recipe
+from sewer_hf.train.finetune import finetune
+from sewer_hf.train.recipe import run_recipe
 
 if __name__ == "__main__":
     sys.exit(run_recipe(FinetuneConfig, finetune, sys.argv[1:], __doc__))

@@ -8,13 +8,13 @@ the labels, several seeds each, scored on a separate test set.
 
 Writes `<out>/results.json`, `label_efficiency.png` and `pretraining_curve.png` (default out:
 runs/label_efficiency/<budget>). A re-run reuses finished runs and resumes an interrupted one.
-The experiment lives in `sewer_hf.label_efficiency`; budgets in recipes/configs/label_efficiency_*.yaml.
+The experiment lives in `sewer_hf.experiments.label_efficiency`; budgets in recipes/configs/label_efficiency_*.yaml.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from sewer_hf.label_efficiency import load_experiment, run_experiment
+from sewer_hf.experiments.label_efficiency import load_experiment, run_experiment
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -11,17 +11,17 @@ from sewer_hf.errors import SewerHFError
 # name -> (module, function that adds arguments and sets `func`, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("sewer_hf.synth", "add_synth_arguments", "write a synthetic Sewer-ML dataset"),
-    "check-data": ("sewer_hf.data", "add_check_data_arguments", "scan a split, list unreadable images"),
-    "prepare": ("sewer_hf.prepare", "add_prepare_arguments", "write resized Parquet shards of a split"),
+    "check-data": ("sewer_hf.data.check", "add_check_data_arguments", "scan a split, list unreadable images"),
+    "prepare": ("sewer_hf.data.prepare", "add_prepare_arguments", "write resized Parquet shards of a split"),
     "evaluate": ("sewer_hf.metrics.cli", "add_evaluate_arguments", "score a scores.csv against annotations"),
-    "quickstart": ("sewer_hf.quickstart", "add_quickstart_arguments", "the paper end to end in miniature (synthetic)"),
-    "predict": ("sewer_hf.predict", "add_predict_arguments", "write the official scores file for a split"),
-    "scan": ("sewer_hf.video", "add_scan_arguments", "scan inspection footage: timeline, events, HTML report"),
-    "synth-footage": ("sewer_hf.footage", "add_synth_footage_arguments", "write synthetic inspection footage + true events"),
-    "push": ("sewer_hf.hub", "add_push_arguments", "upload an exported model with its model card to the Hub"),
-    "push-dataset": ("sewer_hf.hub", "add_push_dataset_arguments", "upload prepared Sewer-ML shards as a dataset repo"),
-    "push-space": ("sewer_hf.space", "add_push_space_arguments", "build the Gradio Space of a classifier and upload it"),
-    "export-onnx": ("sewer_hf.onnx_export", "add_export_onnx_arguments", "write model.onnx (+ checked model.int8.onnx) for ONNX Runtime"),
+    "quickstart": ("sewer_hf.experiments.quickstart", "add_quickstart_arguments", "the paper end to end in miniature (synthetic)"),
+    "predict": ("sewer_hf.inference.predict", "add_predict_arguments", "write the official scores file for a split"),
+    "scan": ("sewer_hf.inference.video", "add_scan_arguments", "scan inspection footage: timeline, events, HTML report"),
+    "synth-footage": ("sewer_hf.synth.footage", "add_synth_footage_arguments", "write synthetic inspection footage + true events"),
+    "push": ("sewer_hf.hub.publish", "add_push_arguments", "upload an exported model with its model card to the Hub"),
+    "push-dataset": ("sewer_hf.hub.publish", "add_push_dataset_arguments", "upload prepared Sewer-ML shards as a dataset repo"),
+    "push-space": ("sewer_hf.hub.space", "add_push_space_arguments", "build the Gradio Space of a classifier and upload it"),
+    "export-onnx": ("sewer_hf.inference.onnx", "add_export_onnx_arguments", "write model.onnx (+ checked model.int8.onnx) for ONNX Runtime"),
 }
 
 

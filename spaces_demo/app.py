@@ -1,6 +1,6 @@
 """Sewer defect finder: a Hugging Face Space (Gradio) around a `sewer_hf` classifier.
 
-The app itself is `sewer_hf.space_app`. This file finds the package: installed, else the wheel
+The app itself is `sewer_hf.hub.space_app`. This file finds the package: installed, else the wheel
 next to it (`wheels/`, as `sewer-hf push-space` builds the Space), else the repository checkout
 it sits in (`spaces_demo/`). `MODEL_ID` (a Hub id or a classifier folder) picks the model; by
 default the one in `space_config.json`, else the checkout's quickstart classifier.
@@ -22,7 +22,7 @@ except ImportError:
     else:
         raise SystemExit("sewer_hf is not installed and no wheels/sewer_hf-*.whl is next to app.py")
 
-from sewer_hf.space_app import build_demo, launch_options, main  # noqa: E402,F401
+from sewer_hf.hub.space_app import build_demo, launch_options, main  # noqa: E402,F401
 
 if __name__ == "__main__":
     main(HERE)

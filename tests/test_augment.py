@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from sewer_hf.augment import (
+from sewer_hf.feed.augment import (
     FinetuneAugConfig,
     PretrainAugConfig,
     PretrainTransform,
@@ -18,7 +18,7 @@ from sewer_hf.augment import (
     finetune_transform,
 )
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.labels import SEWER_MEAN, SEWER_STD
+from sewer_hf.data.labels import SEWER_MEAN, SEWER_STD
 
 MEAN = torch.tensor(SEWER_MEAN).view(3, 1, 1)
 STD = torch.tensor(SEWER_STD).view(3, 1, 1)
@@ -215,7 +215,7 @@ def test_bad_finetune_values_raise_config_error():
 def test_pretrain_augmentation_by_name_crops_keeps_colours():
     """`augmentation: crops` (PretrainConfig): crops and flips only, so a flat-coloured frame keeps
     its colour in every view; the paper's views jitter, grey, blur and solarize it."""
-    from sewer_hf.augment import PRETRAIN_AUGMENTATIONS, pretrain_augmentation
+    from sewer_hf.feed.augment import PRETRAIN_AUGMENTATIONS, pretrain_augmentation
     from sewer_hf.config import PretrainConfig
 
     flat = Image.new("RGB", (48, 48), (180, 60, 20))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.cli import main as cli
 from sewer_hf.data import decode_rgb
 from sewer_hf.errors import ConfigError, DataError, SewerHFError
@@ -22,8 +22,8 @@ IMAGE_SIZE = 32
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory):
-    from sewer_hf.export import save_classifier
-    from sewer_hf.model import build_classifier, create_backbone
+    from sewer_hf.models.hf_export import save_classifier
+    from sewer_hf.models.vit import build_classifier, create_backbone
 
     torch.manual_seed(0)
     clf = build_classifier(create_backbone("vit_tiny", img_size=IMAGE_SIZE))
@@ -37,7 +37,7 @@ def classifier_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(classifier_dir):
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.inference.predict import SewerClassifier
 
     return SewerClassifier(classifier_dir, device="cpu", backend="torch")
 
@@ -111,17 +111,19 @@ def test_predict_scores_a_pil_image_like_the_file(classifier, odd_images):
 
 
 def test_every_entry_point_calls_the_one_decoder(classifier, odd_images, monkeypatch, tmp_path):
-    import sewer_hf.data as data
-    from sewer_hf.attention import AttentionExplainer, overlay
+    # Spied at the conversion every decode ends in, which the package's modules cannot bind to
+    # a name of their own: a module that decoded by other means would not be seen.
+    import sewer_hf.data.decode as decode
+    from sewer_hf.inference.attention import AttentionExplainer, overlay
 
     calls = []
-    real = data.decode_rgb
+    real = decode._to_rgb
 
     def spy(image, *args, **kwargs):
         calls.append(type(image).__name__)
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(data, "decode_rgb", spy)
+    monkeypatch.setattr(decode, "_to_rgb", spy)
     path = str(odd_images["rgba"])
     for entry in (lambda: classifier.predict([Image.open(path)]), lambda: classifier.predict_files([path], progress=False),
                   lambda: classifier.preprocess(Image.open(path)),
@@ -157,8 +159,8 @@ def _tiny_pretrain_config(out, **kw):
 
 def test_a_finished_run_in_output_dir_is_refused_without_a_flag(tmp_path, capsys):
     from sewer_hf.config import PretrainConfig
-    from sewer_hf.pretrain import pretrain
-    from sewer_hf.recipe import run_recipe
+    from sewer_hf.train.pretrain import pretrain
+    from sewer_hf.train.recipe import run_recipe
 
     out = _finished_run(tmp_path / "run")
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
@@ -178,7 +180,7 @@ def test_a_finished_run_in_output_dir_is_refused_without_a_flag(tmp_path, capsys
 
 
 def test_overwrite_output_dir_clears_the_old_run_so_latest_cannot_resume_it(tmp_path):
-    from sewer_hf.training import CheckpointManager, start_run
+    from sewer_hf.train.run import CheckpointManager, start_run
 
     out = _finished_run(tmp_path / "run")
     cfg = _tiny_pretrain_config(out, overwrite_output_dir=True)
@@ -200,7 +202,7 @@ def test_overwrite_output_dir_clears_the_old_run_so_latest_cannot_resume_it(tmp_
 
 
 def test_resume_latest_in_a_started_folder_without_checkpoints_starts_fresh(tmp_path):
-    from sewer_hf.training import CheckpointManager, MetricsLog, TrainState, resume_and_track, start_run
+    from sewer_hf.train.run import CheckpointManager, MetricsLog, TrainState, resume_and_track, start_run
 
     out = tmp_path / "crashed"  # a run that died before its first checkpoint
     out.mkdir()
@@ -222,7 +224,7 @@ def test_resume_latest_in_a_started_folder_without_checkpoints_starts_fresh(tmp_
 # ------------------------------------------------------------------------------------------------
 
 def test_fp16_on_the_cpu_falls_back_to_fp32_and_says_so(tmp_path, capsys):
-    from sewer_hf.training import start_run
+    from sewer_hf.train.run import start_run
 
     assert not torch.cuda.is_available()
     cfg = _tiny_pretrain_config(tmp_path / "fp16", mixed_precision="fp16")
@@ -338,12 +340,12 @@ def test_synth_refuses_a_size_it_cannot_draw(tmp_path, capsys):
 
 
 def test_scan_checks_the_video_before_loading_the_model(tmp_path, capsys, monkeypatch):
-    import sewer_hf.predict
+    import sewer_hf.inference.predict
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the video was checked")
 
-    monkeypatch.setattr(sewer_hf.predict, "SewerClassifier", no_model)
+    monkeypatch.setattr(sewer_hf.inference.predict, "SewerClassifier", no_model)
     text_file = tmp_path / "notes.mp4"
     text_file.write_text("not a video\n" * 40)
     for video, message in ((tmp_path / "missing.mp4", "no such video file"), (text_file, "not a readable video")):
@@ -378,7 +380,7 @@ def truncated_video(tmp_path_factory):
     declares 6 s."""
     import av
 
-    from sewer_hf.footage import write_footage
+    from sewer_hf.synth.footage import write_footage
 
     folder = tmp_path_factory.mktemp("video")
     plain, fast = folder / "plain.mp4", folder / "fast.mp4"
@@ -398,8 +400,8 @@ def truncated_video(tmp_path_factory):
 
 def test_a_truncated_video_reports_its_scanned_coverage_and_warns(truncated_video, classifier, tmp_path, capsys,
                                                                    monkeypatch):
-    import sewer_hf.predict
-    from sewer_hf.video import scan_footage
+    import sewer_hf.inference.predict
+    from sewer_hf.inference.video import scan_footage
 
     whole, cut = truncated_video
     full = scan_footage(whole, classifier, fps=2, progress=False)
@@ -410,7 +412,7 @@ def test_a_truncated_video_reports_its_scanned_coverage_and_warns(truncated_vide
     assert result.coverage_warning and "of the declared 6.0 s" in result.coverage_warning
     assert all(ev["end"] <= result.scanned_s + 1e-6 for ev in result.flat_events())  # no event past the decoded end
     # the CLI, events.json and report.html say it too
-    monkeypatch.setattr(sewer_hf.predict, "SewerClassifier", lambda *a, **k: classifier)
+    monkeypatch.setattr(sewer_hf.inference.predict, "SewerClassifier", lambda *a, **k: classifier)
     code, text = _run(capsys, "scan", cut, "--model", "x", "--out", tmp_path / "r")
     assert code == 0 and "of the declared 6.0 s" in text and "warning: only" in text
     doc = json.loads((tmp_path / "r" / "events.json").read_text())

@@ -31,7 +31,7 @@ def test_every_numeric_key_has_a_domain_and_every_domain_a_key():
 def test_shipped_configs_and_defaults_are_inside_their_domains(path):
     text = path.read_text()
     if path.name.startswith("label_efficiency"):  # an experiment: every run config it makes
-        from sewer_hf.label_efficiency import arm_config, load_experiment, pretrain_config
+        from sewer_hf.experiments.label_efficiency import arm_config, load_experiment, pretrain_config
 
         spec = load_experiment(path)
         pretrain_config(spec, "data", Path("out"))
@@ -144,7 +144,7 @@ def test_the_issues_bad_values_are_refused_with_the_key_named(cls, key, value, m
 
 def test_a_recipe_refuses_a_negative_lr_before_training(capsys):
     """`recipes/pretrain_dino.py ... --base_lr -1e-3` printed "peak lr -3.13e-05" and exited 0."""
-    from sewer_hf.recipe import run_recipe
+    from sewer_hf.train.recipe import run_recipe
 
     def train(cfg):
         raise AssertionError("training started")

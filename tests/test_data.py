@@ -19,16 +19,10 @@ import torch
 from PIL import Image
 
 from sewer_hf import cli
-from sewer_hf.data import (
-    SkipCounter,
-    collate_skip_bad,
-    decode_rgb,
-    load_image_dataset,
-    load_sewer_ml,
-    normalize_split,
-)
+from sewer_hf.data import decode_rgb, load_image_dataset, load_sewer_ml, normalize_split
+from sewer_hf.data.torch_dataset import SkipCounter, collate_skip_bad
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.labels import CLASSES, CSV_COLUMNS
+from sewer_hf.data.labels import CLASSES, CSV_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_CSV = FIXTURES / "SewerML_Train.csv"
@@ -155,7 +149,7 @@ def test_test_split_with_only_filenames_has_no_labels(tmp_path):
     assert ds["filename"] == names
     assert ds[0]["image"].mode == "RGB"
     with pytest.raises(DataError, match="no 'labels' column"):
-        import sewer_hf.data as data
+        import sewer_hf.data.torch_dataset as data
 
         data.SewerTorchDataset(ds, transform=None)
 
@@ -404,7 +398,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def test_torch_dataset_skips_a_corrupt_image(tmp_path):
-    import sewer_hf.data as data
+    import sewer_hf.data.torch_dataset as data
 
     root = make_root(tmp_path, VAL_CSV)
     rows = read_rows(VAL_CSV)
@@ -431,7 +425,7 @@ def test_torch_dataset_skips_a_corrupt_image(tmp_path):
 def test_torch_dataset_hands_over_encoded_bytes(tmp_path):
     """encoded=True: the file's bytes, undecoded, as a numpy array (kept off the device by
     accelerate); an empty file is skipped like a corrupt one."""
-    import sewer_hf.data as data
+    import sewer_hf.data.torch_dataset as data
 
     root = make_root(tmp_path, VAL_CSV)
     rows = read_rows(VAL_CSV)
@@ -447,7 +441,7 @@ def test_torch_dataset_hands_over_encoded_bytes(tmp_path):
 
 
 def test_torch_dataset_multi_view_and_unlabelled(tmp_path):
-    import sewer_hf.data as data
+    import sewer_hf.data.torch_dataset as data
 
     root = make_root(tmp_path, VAL_CSV)
     two_views = lambda img: [to_tensor(img), to_tensor(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]  # noqa: E731

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sewer_hf.device_feed import (
+from sewer_hf.feed.device import (
     DevicePrefetcher,
     collate_encoded,
     decode_batch,

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sewer_hf.dino import (
+from sewer_hf.models.dino import (
     DINOLoss,
     cancel_last_layer_gradients,
     cosine_schedule,
@@ -17,7 +17,7 @@ from sewer_hf.dino import (
     param_groups,
     rankme,
 )
-from sewer_hf.model import DINOHead, MultiCropWrapper
+from sewer_hf.models.vit import DINOHead, MultiCropWrapper
 
 
 def hand_loss(student, teacher, center, n_crops, n_global, t_temp, s_temp=0.1, skip_same=True):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from sewer_hf.errors import ConfigError
-from sewer_hf.export import (
+from sewer_hf.models.hf_export import (
     load_classifier_thresholds,
     make_image_processor,
     save_backbone,
@@ -15,8 +15,8 @@ from sewer_hf.export import (
     timm_to_hf_state_dict,
     vit_config_from_timm,
 )
-from sewer_hf.labels import CLASSES, SEWER_MEAN, SEWER_STD
-from sewer_hf.model import build_classifier, create_backbone
+from sewer_hf.data.labels import CLASSES, SEWER_MEAN, SEWER_STD
+from sewer_hf.models.vit import build_classifier, create_backbone
 
 TOL = 1e-4
 
@@ -171,8 +171,8 @@ def test_config_and_state_dict_mapping_details():
 
 
 def test_backbone_round_trips_to_timm_for_further_training(tmp_path):
-    from sewer_hf.export import load_timm_backbone, save_backbone
-    from sewer_hf.model import create_backbone
+    from sewer_hf.models.hf_export import load_timm_backbone, save_backbone
+    from sewer_hf.models.vit import create_backbone
 
     torch.manual_seed(0)
     original = create_backbone("vit_tiny", img_size=64).eval()

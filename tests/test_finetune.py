@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.config import FinetuneConfig
-from sewer_hf.finetune import finetune, multistep_lr
+from sewer_hf.train.finetune import finetune, multistep_lr
 
 TINY = dict(image_size=32, batch_size=8, num_workers=0, report_to="none", log_every=1, base_lr=5e-3,
             drop_path_rate=0.0, epochs=2, lr_milestones=(1, 2))
@@ -28,8 +28,8 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backbone_dir(tmp_path_factory):
-    from sewer_hf.export import save_backbone
-    from sewer_hf.model import create_backbone
+    from sewer_hf.models.hf_export import save_backbone
+    from sewer_hf.models.vit import create_backbone
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("bb") / "backbone"
@@ -38,7 +38,7 @@ def backbone_dir(tmp_path_factory):
 
 
 def test_weighted_bce_uses_the_paper_pos_weight():
-    from sewer_hf.losses import WeightedBCE
+    from sewer_hf.models.losses import WeightedBCE
 
     torch.manual_seed(0)
     logits, targets = torch.randn(6, 17), (torch.rand(6, 17) > 0.5).float()
@@ -62,8 +62,8 @@ def test_warmup_rises_linearly_then_follows_multistep():
 
 
 def test_thresholds_are_fitted_on_held_out_train_rows_never_trained_on(tiny_data):
-    from sewer_hf.finetune import split_holdout
-    from sewer_hf.sources import load_split
+    from sewer_hf.train.finetune import split_holdout
+    from sewer_hf.data.sources import load_split
 
     train_hf = load_split(tiny_data, "Train", labelled=True)
     kept, held = split_holdout(train_hf, FinetuneConfig(**TINY, threshold_holdout=0.25))
@@ -167,7 +167,7 @@ def test_fraction_and_resume_from_scratch(tiny_data, tmp_path):
 
 
 def test_weight_average_forgets_the_init_then_averages_at_its_decay():
-    from sewer_hf.finetune import WeightAverage
+    from sewer_hf.train.finetune import WeightAverage
 
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
@@ -188,7 +188,7 @@ def test_weight_average_forgets_the_init_then_averages_at_its_decay():
 
 
 def test_prior_logits_minimise_the_weighted_loss_among_constants():
-    from sewer_hf.losses import WeightedBCE, prior_logits
+    from sewer_hf.models.losses import WeightedBCE, prior_logits
 
     rng = np.random.default_rng(0)
     y = torch.as_tensor((rng.random((400, 17)) < np.linspace(0.02, 0.6, 17)).astype(np.float32))
@@ -221,7 +221,7 @@ def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_pa
 def test_augment_generator_differs_per_batch_and_process():
     from types import SimpleNamespace
 
-    from sewer_hf.training import augment_generator
+    from sewer_hf.train.run import augment_generator
 
     rank0 = SimpleNamespace(device=torch.device("cpu"), process_index=0)
     rank1 = SimpleNamespace(device=torch.device("cpu"), process_index=1)

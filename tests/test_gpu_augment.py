@@ -11,10 +11,10 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-import sewer_hf.gpu_augment as G
-from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform
+import sewer_hf.feed.batched as G
+from sewer_hf.feed.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform
 from sewer_hf.errors import DataError
-from sewer_hf.labels import SEWER_MEAN, SEWER_STD
+from sewer_hf.data.labels import SEWER_MEAN, SEWER_STD
 
 MEAN = torch.tensor(SEWER_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(SEWER_STD).view(1, 3, 1, 1)
@@ -337,7 +337,7 @@ def test_pixel_statistics_match_the_cpu_reference(device, dtype):
 
 @in_dtypes
 def test_finetune_statistics_match_the_cpu_reference(dtype):
-    from sewer_hf.augment import finetune_transform
+    from sewer_hf.feed.augment import finetune_transform
 
     image = _noise(1, 40, 40, low=40, high=200, seed=18)[0]
     size = 24

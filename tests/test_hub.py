@@ -21,7 +21,7 @@ from huggingface_hub.utils import _http
 
 from sewer_hf import cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, save_config
-from sewer_hf.hub import (
+from sewer_hf.hub.publish import (
     HubAuthError,
     HubConflictError,
     HubConnectionError,
@@ -138,8 +138,8 @@ def runs(tmp_path_factory):
     (classifier/ with training_config.yaml, eval.json) on "real" data whose backbone is a Hub id."""
     import torch
 
-    from sewer_hf.export import save_backbone, save_classifier
-    from sewer_hf.model import create_backbone
+    from sewer_hf.models.hf_export import save_backbone, save_classifier
+    from sewer_hf.models.vit import create_backbone
 
     root = tmp_path_factory.mktemp("runs")
     torch.manual_seed(0)
@@ -165,7 +165,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """`sewer-hf prepare` output: Train in two shards, Val in one."""
-    from sewer_hf.prepare import prepare_split
+    from sewer_hf.data.prepare import prepare_split
     from sewer_hf.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("prepared")

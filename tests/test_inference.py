@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.export import save_classifier
-from sewer_hf.labels import CLASSES
-from sewer_hf.model import build_classifier, create_backbone
+from sewer_hf.models.hf_export import save_classifier
+from sewer_hf.data.labels import CLASSES
+from sewer_hf.models.vit import build_classifier, create_backbone
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
 
-from sewer_hf.onnx_export import PARITY_TOLERANCE, export_onnx, onnx_max_abs_diff  # noqa: E402
-from sewer_hf.predict import SewerClassifier  # noqa: E402
+from sewer_hf.inference.onnx import PARITY_TOLERANCE, export_onnx, onnx_max_abs_diff  # noqa: E402
+from sewer_hf.inference.predict import SewerClassifier  # noqa: E402
 
 IMAGE_SIZE = 32
 # The predict path feeds the model the same uint8 pixels as the stock processor (same decode,
@@ -204,7 +204,7 @@ def int8_export(classifier_dir, tmp_path_factory):
     import json
 
     from sewer_hf.cli import main
-    from sewer_hf.quantize import check_path, int8_path
+    from sewer_hf.inference.quantize import check_path, int8_path
 
     out = tmp_path_factory.mktemp("int8") / "model.onnx"
     assert main(["export-onnx", "--model", str(classifier_dir), "--out", str(out), "--check-frames", "24"]) == 0
@@ -213,7 +213,7 @@ def int8_export(classifier_dir, tmp_path_factory):
 
 
 def test_int8_export_writes_a_check_that_measures_the_int8_model(int8_export):
-    from sewer_hf.quantize import int8_path, sha256
+    from sewer_hf.inference.quantize import int8_path, sha256
 
     onnx_file, check = int8_export
     assert check["precision"] == "int8" and check["method"] == "dynamic" and check["frames"] == 24
@@ -227,7 +227,7 @@ def test_int8_export_writes_a_check_that_measures_the_int8_model(int8_export):
 
 
 def test_compare_scores_passes_within_the_bound_and_fails_beyond_it():
-    from sewer_hf.quantize import compare_scores
+    from sewer_hf.inference.quantize import compare_scores
 
     rng = np.random.default_rng(0)
     targets = (rng.random((200, 17)) < 0.2).astype(int)
@@ -247,7 +247,7 @@ def test_int8_precision_runs_the_checked_model_and_refuses_otherwise(classifier_
     import json
     import shutil
 
-    from sewer_hf.quantize import check_path, int8_path
+    from sewer_hf.inference.quantize import check_path, int8_path
 
     onnx_file, check = int8_export
     folder = tmp_path / "m"
@@ -286,8 +286,8 @@ def test_auto_precision_offers_int8_only_when_checked_and_never_bf16(classifier_
     import json
     import shutil
 
-    from sewer_hf.predict import precision_candidates
-    from sewer_hf.quantize import check_path, int8_path
+    from sewer_hf.inference.predict import precision_candidates
+    from sewer_hf.inference.quantize import check_path, int8_path
 
     monkeypatch.setenv("SEWER_HF_CACHE", str(tmp_path / "cache"))
     onnx_file, check = int8_export
@@ -313,9 +313,9 @@ def test_bf16_check_lets_auto_time_bf16_only_with_native_bf16(classifier_dir, tm
     import json
     import shutil
 
-    from sewer_hf import quantize as Q
+    from sewer_hf.inference import quantize as Q
     from sewer_hf.cli import main
-    from sewer_hf.predict import precision_candidates
+    from sewer_hf.inference.predict import precision_candidates
 
     monkeypatch.setenv("SEWER_HF_CACHE", str(tmp_path / "cache"))
     model = tmp_path / "classifier"

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sewer_hf.errors import ConfigError
-from sewer_hf.label_efficiency import ARMS, METRICS, load_experiment, run_experiment
+from sewer_hf.experiments.label_efficiency import ARMS, METRICS, load_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {

@@ -1,4 +1,4 @@
-"""Fitting a run to the machine (sewer_hf.machine): loader workers and torch threads follow the
+"""Fitting a run to the machine (sewer_hf.feed.machine): loader workers and torch threads follow the
 measured cost of reading a frame, and every choice can be overridden."""
 import time
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sewer_hf.config import FinetuneConfig
-from sewer_hf.machine import MAIN_PROCESS_READ_MS, plan_for_machine, read_cost_ms
+from sewer_hf.feed.machine import MAIN_PROCESS_READ_MS, plan_for_machine, read_cost_ms
 
 
 class Frames(torch.utils.data.Dataset):
@@ -30,7 +30,7 @@ CPU = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
 @pytest.fixture(autouse=True)
 def restore_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr("sewer_hf.machine.available_cores", lambda: 4)
+    monkeypatch.setattr("sewer_hf.feed.machine.available_cores", lambda: 4)
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)

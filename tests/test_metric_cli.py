@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sewer_hf.cli import main
-from sewer_hf.labels import CLASSES
+from sewer_hf.data.labels import CLASSES
 from sewer_hf.metrics import compute_metrics, load_thresholds, save_thresholds, write_scores_csv
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sewerml_val_rows.csv"

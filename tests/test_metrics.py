@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sewer_hf.errors import DataError
-from sewer_hf.labels import CIW, CLASSES
+from sewer_hf.data.labels import CIW, CLASSES
 from sewer_hf.metrics import (
     constant_baseline,
     average_precision,

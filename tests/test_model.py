@@ -4,7 +4,7 @@ import torch
 from timm.layers import DropPath
 
 from sewer_hf.errors import ConfigError
-from sewer_hf.model import (
+from sewer_hf.models.vit import (
     ARCHS,
     DINOHead,
     LinearClassifier,

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from sewer_hf.config import PretrainConfig
-from sewer_hf.pretrain import pretrain
+from sewer_hf.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_pretrain_writes_backbone_logs_and_knn(tiny_data, tmp_path):
     knn = json.loads((out / "knn.json").read_text())
     assert set(knn) >= {"pretrained", "random_init"} and 0 <= knn["pretrained"]["F2_CIW"] <= 1
     # all of it is what overwrite_output_dir may clear
-    from sewer_hf.training import RUN_OUTPUTS
+    from sewer_hf.train.run import RUN_OUTPUTS
 
     assert {p.name for p in out.iterdir()} <= RUN_OUTPUTS
 
@@ -82,8 +82,8 @@ def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeypatch):
-    from sewer_hf import dino
-    from sewer_hf.training import NonFiniteLossError
+    from sewer_hf.models import dino
+    from sewer_hf.train.run import NonFiniteLossError
 
     original = dino.DINOLoss.forward
     calls = {"n": 0}
@@ -177,13 +177,13 @@ def test_hybrid_mode_adds_the_weighted_bce_and_logs_to_tensorboard(tiny_data, tm
     assert all(r["loss"] > 0.5 * r["bce"] for r in steps)
     events = list((tmp_path / "hybrid" / "logs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
-    from sewer_hf.training import RUN_OUTPUTS
+    from sewer_hf.train.run import RUN_OUTPUTS
 
     assert {p.name for p in (tmp_path / "hybrid").iterdir()} <= RUN_OUTPUTS
 
 
 def test_collapse_warning():
-    from sewer_hf.pretrain import collapse_warning, teacher_entropy
+    from sewer_hf.train.pretrain import collapse_warning, teacher_entropy
 
     uniform = torch.zeros(8, 64)
     assert teacher_entropy(uniform, torch.zeros(1, 64), 0.04) == pytest.approx(math.log(64), rel=1e-5)

@@ -1,4 +1,4 @@
-"""The Gradio Space (`sewer_hf.space_app`, served by `spaces_demo/app.py` and by the folder
+"""The Gradio Space (`sewer_hf.hub.space_app`, served by `spaces_demo/app.py` and by the folder
 `sewer-hf push-space` builds): its handlers, bad input, the launched app through `gradio_client`,
 the built folder started where the checkout is not importable, the upload to a fake Hub, and
 the page in a real headless Chromium."""
@@ -22,8 +22,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from sewer_hf import labels as L  # noqa: E402
-from sewer_hf import space_app  # noqa: E402
+from sewer_hf.data import labels as L  # noqa: E402
+from sewer_hf.hub import space_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "spaces_demo"
@@ -40,8 +40,8 @@ def model_dir(tmp_path_factory):
     import torch
 
     from sewer_hf.config import FinetuneConfig, save_config
-    from sewer_hf.export import save_classifier
-    from sewer_hf.model import create_backbone
+    from sewer_hf.models.hf_export import save_classifier
+    from sewer_hf.models.vit import create_backbone
 
     torch.manual_seed(0)
     backbone = create_backbone("vit_tiny", img_size=32)
@@ -55,7 +55,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def short_video(tmp_path_factory):
-    from sewer_hf.footage import write_footage
+    from sewer_hf.synth.footage import write_footage
 
     path = tmp_path_factory.mktemp("v") / "clip.mp4"
     write_footage(path, 4, seed=2, fps=5, size=(176, 144))
@@ -128,7 +128,7 @@ def test_16_bit_and_rgba_pngs_score_as_in_predict(model_dir, tmp_path):
     """The Space decodes with the project's decoder, as `sewer-hf predict` does."""
     from PIL import Image
 
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.inference.predict import SewerClassifier
 
     rgb = np.asarray(Image.open(EXAMPLE).convert("RGB"), dtype=np.uint16)
     gray16 = tmp_path / "gray16.png"
@@ -198,7 +198,7 @@ def test_truncated_footage_shows_the_coverage_warning(model_dir, tmp_path):
     much was scanned."""
     import av
 
-    from sewer_hf.footage import write_footage
+    from sewer_hf.synth.footage import write_footage
 
     plain, fast = tmp_path / "plain.mp4", tmp_path / "fast.mp4"
     write_footage(plain, 6, seed=0, fps=8, size=(64, 48))
@@ -240,7 +240,7 @@ def test_launched_app_refuses_bad_requests_and_batches_concurrent_frames(served,
     for message, path in _bad_files(tmp_path).items():
         with pytest.raises(AppError, match="image|pixels|damaged"):
             client.predict(handle_file(str(path)), api_name="/classify_image")
-    from sewer_hf.footage import write_footage
+    from sewer_hf.synth.footage import write_footage
 
     long_video = tmp_path / "long.mp4"
     write_footage(long_video, 6, seed=3, fps=2, size=(64, 48))
@@ -335,7 +335,7 @@ def test_space_folder_has_front_matter_requirements_wheel_and_model(space_folder
     assert json.loads((space_folder / "space_config.json").read_text())["model"] == "model"
     assert (space_folder / "app.py").read_text() == (SPACE / "app.py").read_text()  # one launcher
     # a Hub model: listed in `models`, nothing bundled
-    from sewer_hf.space import build_space_folder
+    from sewer_hf.hub.space import build_space_folder
 
     hub = build_space_folder("sewer-org/sewer-vit-tiny", space_folder.parent / "hub", SPACE_ID,
                              wheel=str(space_folder / "wheels" / "sewer_hf-0.1.0-py3-none-any.whl"))

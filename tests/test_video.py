@@ -1,5 +1,5 @@
-"""Footage scanning (`sewer_hf.video`, `sewer_hf.video_report`) and synthetic footage
-(`sewer_hf.footage`): smoothing/event logic, the report files, bad videos, and event-level
+"""Footage scanning (`sewer_hf.inference.video`, `sewer_hf.inference.report`) and synthetic footage
+(`sewer_hf.synth.footage`): smoothing/event logic, the report files, bad videos, and event-level
 precision/recall of a smoke-trained model against a chance baseline."""
 import csv
 import hashlib
@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.video import find_segments, scan_footage, smooth_scores
-from sewer_hf.video_report import match_events, random_placement_baseline, write_report
+from sewer_hf.inference.video import find_segments, scan_footage, smooth_scores
+from sewer_hf.inference.report import match_events, random_placement_baseline, write_report
 
 FOOTAGE_SECONDS = 8
 
@@ -19,8 +19,8 @@ FOOTAGE_SECONDS = 8
 def make_random_classifier(out_dir, image_size=32, thresholds=None, seed=0):
     import torch
 
-    from sewer_hf.export import save_classifier
-    from sewer_hf.model import create_backbone
+    from sewer_hf.models.hf_export import save_classifier
+    from sewer_hf.models.vit import create_backbone
 
     torch.manual_seed(seed)
     backbone = create_backbone("vit_tiny", img_size=image_size)
@@ -30,7 +30,7 @@ def make_random_classifier(out_dir, image_size=32, thresholds=None, seed=0):
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.inference.predict import SewerClassifier
 
     # thresholds at 0.5 except two low ones, so that a random model flags something
     thresholds = {c: 0.5 for c in L.CLASSES} | {"RB": 0.05, "OK": 0.3}
@@ -40,7 +40,7 @@ def classifier(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory):
-    from sewer_hf.footage import write_footage
+    from sewer_hf.synth.footage import write_footage
 
     path = tmp_path_factory.mktemp("footage") / "pipe.mp4"
     write_footage(path, FOOTAGE_SECONDS, seed=5, fps=10)
@@ -88,7 +88,7 @@ def test_synth_footage_is_deterministic_with_true_events(tmp_path, capsys):
     import av
 
     from sewer_hf.cli import main
-    from sewer_hf.footage import FOOTAGE_CLASSES, read_events
+    from sewer_hf.synth.footage import FOOTAGE_CLASSES, read_events
 
     a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
     for out in (a, b):
@@ -161,7 +161,7 @@ def test_lanes_hand_back_batches_in_order_and_their_errors(classifier, footage):
 
     import torch
 
-    from sewer_hf.predict import in_lanes
+    from sewer_hf.inference.predict import in_lanes
 
     started = []
 
@@ -208,8 +208,8 @@ def test_lanes_hand_back_batches_in_order_and_their_errors(classifier, footage):
 
 
 def test_scan_in_two_lanes_equals_one_batch_at_a_time(classifier, footage, tmp_path):
-    from sewer_hf.onnx_export import export_onnx
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.inference.onnx import export_onnx
+    from sewer_hf.inference.predict import SewerClassifier
 
     export_onnx(classifier.model_dir, tmp_path / "model.onnx")
     one = SewerClassifier(classifier.model_dir, backend="onnx", onnx_path=tmp_path / "model.onnx", lanes=1)
@@ -283,7 +283,7 @@ def _render_footage_frames(n_per_group, image_size, seed):
     import torch
     from PIL import Image
 
-    from sewer_hf.footage import FOOTAGE_CLASSES
+    from sewer_hf.synth.footage import FOOTAGE_CLASSES
     from sewer_hf.synth import render_frame
 
     rng = np.random.default_rng(seed)
@@ -311,9 +311,9 @@ def _train_footage_model(out_dir, image_size=32, per_group=200, epochs=11, peak_
     import torch
     import torch.nn.functional as F
 
-    from sewer_hf.export import save_classifier
+    from sewer_hf.models.hf_export import save_classifier
     from sewer_hf.metrics import tune_thresholds
-    from sewer_hf.model import create_backbone
+    from sewer_hf.models.vit import create_backbone
 
     x, y = _render_footage_frames(per_group, image_size, seed)
     x_val, y_val = _render_footage_frames(20, image_size, seed + 1)
@@ -346,8 +346,8 @@ def _train_footage_model(out_dir, image_size=32, per_group=200, epochs=11, peak_
 
 @pytest.mark.slow  # about 80 s on an idle 2-core machine (training dominates)
 def test_smoke_trained_model_finds_events_above_chance(tmp_path):
-    from sewer_hf.footage import read_events, write_footage
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.synth.footage import read_events, write_footage
+    from sewer_hf.inference.predict import SewerClassifier
 
     video = tmp_path / "long.mp4"
     truth = write_footage(video, 40, seed=11, fps=4, size=(176, 144))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sewer_hf.labels import ciw_vector
+from sewer_hf.data.labels import ciw_vector
 from sewer_hf.metrics.core import f_beta, validate_inputs
 
 

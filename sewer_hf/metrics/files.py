@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from sewer_hf.errors import DataError
-from sewer_hf.labels import CLASSES, NUM_CLASSES
+from sewer_hf.data.labels import CLASSES, NUM_CLASSES
 
 FILENAME_COLUMN = "Filename"
 _SHOWN = 5  # how many offending filenames an error message lists

@@ -1,7 +1,7 @@
 """Plain-text report of a :func:`sewer_hf.metrics.compute_metrics` result (numbers in percent)."""
 from __future__ import annotations
 
-from sewer_hf.labels import CLASS_NAMES, CLASSES
+from sewer_hf.data.labels import CLASS_NAMES, CLASSES
 
 HEADLINE = (
     ("F2_CIW", "F2_CIW"), ("F1_Normal", "F1_Normal"), ("mAP", "mAP"),

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sewer_hf.labels import CLASSES
+from sewer_hf.data.labels import CLASSES
 from sewer_hf.synth.render import render_frame
 
 # One frame per signature plus common real combinations and a normal frame.

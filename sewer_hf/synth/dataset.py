@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.labels import CLASSES, CSV_COLUMNS, FRAME_SIZES
+from sewer_hf.data.labels import CLASSES, CSV_COLUMNS, FRAME_SIZES
 from sewer_hf.synth.label_sampler import check_defect_fraction, sample_labels
 from sewer_hf.synth.render import check_size, render_frame
 
-SYNTHETIC_MARKER = "synthetic.json"  # read by sewer_hf.hub to label models trained on this data
+SYNTHETIC_MARKER = "synthetic.json"  # read by sewer_hf.hub.publish to label models trained on this data
 PNG_COMPRESS_LEVEL = 1   # fast; noisy frames barely compress better at higher levels
 MAX_FRAMES = 99_999_999  # 8-digit filenames
 _FRAME_NAME = re.compile(r"^\d{8}\.png$")

@@ -17,7 +17,7 @@ from importlib import resources
 import numpy as np
 
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.labels import CLASSES, NUM_CLASSES
+from sewer_hf.data.labels import CLASSES, NUM_CLASSES
 
 TABLE_RESOURCE = "label_combos.json"
 

@@ -7,7 +7,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from sewer_hf.labels import NUM_CLASSES
+from sewer_hf.data.labels import NUM_CLASSES
 from sewer_hf.metrics.core import DEFAULT_THRESHOLD, compute_metrics
 
 _CITATION = """\

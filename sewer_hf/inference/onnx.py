@@ -4,7 +4,7 @@ ONNX Runtime: ``pixel_values`` (N, 3, S, S) float32 -> ``logits`` (N, 17), batch
 The graph is checked after writing: ONNX Runtime's logits must equal PyTorch's within
 ``PARITY_TOLERANCE`` on a random batch of a different size than the traced one (so a baked-in
 batch size cannot pass). Preprocessing (resize, Sewer-ML mean/std) stays outside the graph;
-``sewer_hf.predict.SewerClassifier(..., backend="onnx")`` does it as for the PyTorch model.
+``sewer_hf.inference.predict.SewerClassifier(..., backend="onnx")`` does it as for the PyTorch model.
 
 We use the TorchScript-based exporter (``dynamo=False``): it needs only ``onnx``, whereas the
 torch.export-based default also needs ``onnxscript``. Its tracer warnings about shape checks
@@ -15,7 +15,7 @@ the batch axis varies.
         [--int8 dynamic|static|none] [--check-data /data/sewer-ml --check-split Val] [--check-frames 256]
 
 With ``--int8`` (default ``dynamic``) it also writes ``model.int8.onnx`` and its accuracy check
-``model.int8.check.json`` (``sewer_hf.quantize``): what ``--precision int8|auto`` runs.
+``model.int8.check.json`` (``sewer_hf.inference.quantize``): what ``--precision int8|auto`` runs.
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from sewer_hf import quantize as Q
+    from sewer_hf.inference import quantize as Q
 
     frames = Q.CHECK_FRAMES if args.check_frames is None else args.check_frames
     if (args.int8 != "none" or args.bf16_check == "yes") and frames < 1:

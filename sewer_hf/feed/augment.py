@@ -1,7 +1,7 @@
 """Image augmentations of the paper (Appendix A), as CPU reference transforms on PIL images.
 
 The two frozen config dataclasses below are the single place that holds the paper's values;
-``sewer_hf.gpu_augment`` reads the same dataclasses for its batched GPU version. Where the paper
+``sewer_hf.feed.batched`` reads the same dataclasses for its batched GPU version. Where the paper
 names an operation without a number, the value comes from the DINO code (Caron et al. 2021) or
 from torchvision's own default, and the comment says which.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Sequence
 
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.labels import SEWER_MEAN, SEWER_STD
+from sewer_hf.data.labels import SEWER_MEAN, SEWER_STD
 
 # DINO's colour jitter (brightness, contrast, saturation, hue) and its probability: the paper
 # lists the four jitter components but gives no strengths, so DINO's values are used.
@@ -339,8 +339,8 @@ def blur_kernel_size_for(sigma_max: float) -> int:
 class DecodeForGPU:
     """The CPU side of GPU augmentation: a decoded image, resized once (plain bicubic) to
     ``size`` x ``size``, as a (3, size, size) uint8 tensor; the random ops then run batched on
-    the device (``sewer_hf.gpu_augment``). Prepared shards are already at this size. For JPEG
-    shards, ``sewer_hf.device_feed`` can skip this step: workers hand over the encoded bytes and
+    the device (``sewer_hf.feed.batched``). Prepared shards are already at this size. For JPEG
+    shards, ``sewer_hf.feed.device`` can skip this step: workers hand over the encoded bytes and
     the batch is decoded on the GPU."""
 
     def __init__(self, size: int = 256) -> None:

@@ -13,7 +13,7 @@ Backends: "torch" (PyTorch, fp32 by default; `precision="bf16"` casts the weight
 faster on CPUs with AMX, but scores move by up to ~5e-2, so it is opt-in) and "onnx" (ONNX
 Runtime on a `model.onnx` written by `sewer-hf export-onnx`; fp32 logits equal PyTorch's within
 1e-4; `precision="int8"` runs `model.int8.onnx`, only when its shipped accuracy check passed:
-see `sewer_hf.quantize`). `sewer-hf predict` defaults to backend "auto" (ONNX Runtime when
+see `sewer_hf.inference.quantize`). `sewer-hf predict` defaults to backend "auto" (ONNX Runtime when
 `model.onnx` is there and onnxruntime is installed) and precision "auto" (the fastest, timed once
 per machine, of fp32 and a checked int8).
 
@@ -43,7 +43,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ DEFAULT_WORKERS = None  # decode/resize threads next to a PyTorch model: inferen
 def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
     """(model threads, decode threads) for a PyTorch model: the model takes every core, decoding
     one thread per two cores (it overlaps with the model and needs ~1/4 of its time on ViT-T)."""
-    from sewer_hf.machine import available_cores
+    from sewer_hf.feed.machine import available_cores
 
     cores = cores or available_cores()
     return cores, max(1, cores // 2)
@@ -67,7 +67,7 @@ def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
 
 def inference_lanes(cores: Optional[int] = None) -> int:
     """Batches scored in parallel by an ONNX Runtime model, each on one thread: one per core."""
-    from sewer_hf.machine import available_cores
+    from sewer_hf.feed.machine import available_cores
 
     return max(1, cores or available_cores())
 
@@ -118,7 +118,7 @@ class SewerClassifier:
         import torch
         from transformers import AutoConfig
 
-        from sewer_hf.export import load_classifier_thresholds
+        from sewer_hf.models.hf_export import load_classifier_thresholds
 
         if backend is None:  # the class's default: PyTorch, unless the precision asks for the ONNX graphs
             backend = {"int8": "onnx", "auto": "auto"}.get(precision, DEFAULT_BACKEND)
@@ -164,7 +164,7 @@ class SewerClassifier:
                 self.model = AutoModelForImageClassification.from_pretrained(self.model_dir).to(self.device, dtype).eval()
             self._dtype = dtype
         else:
-            from sewer_hf.quantize import int8_path
+            from sewer_hf.inference.quantize import int8_path
 
             self.model = None
             self.onnx_file = int8_path(onnx_file) if precision == "int8" else onnx_file
@@ -351,7 +351,7 @@ def _auto_backend(onnx_path: Path, device: Optional[str], precision: str) -> str
 
 def _require_int8(onnx_file: Path) -> None:
     """A clear error unless an int8 model that passed its accuracy check sits next to ``onnx_file``."""
-    from sewer_hf.quantize import int8_path, read_int8_check
+    from sewer_hf.inference.quantize import int8_path, read_int8_check
 
     check = read_int8_check(onnx_file)
     if check is None:
@@ -373,7 +373,7 @@ def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = 
 
     import torch
 
-    from sewer_hf.quantize import native_bf16, read_bf16_check, read_int8_check
+    from sewer_hf.inference.quantize import native_bf16, read_bf16_check, read_int8_check
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")
@@ -406,7 +406,7 @@ def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Option
     """The fastest candidate on this machine (timed once, then cached), and a line saying so."""
     if len(candidates) == 1:
         return candidates[0], f"auto: {candidates[0][1]} (the only precision allowed here)"
-    from sewer_hf.quantize import BF16_CHECK_FILE, cached_choice, int8_path, machine_key, store_choice, time_scorer
+    from sewer_hf.inference.quantize import BF16_CHECK_FILE, cached_choice, int8_path, machine_key, store_choice, time_scorer
 
     files = [onnx_file, int8_path(onnx_file)] + ([Path(model_dir) / BF16_CHECK_FILE] if model_dir else [])
     key = machine_key(files, threads)
@@ -432,7 +432,7 @@ def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Option
 
 
 def _onnx_session(path: Path, threads: Optional[int]):
-    from sewer_hf.onnx_export import require_onnxruntime
+    from sewer_hf.inference.onnx import require_onnxruntime
 
     ort = require_onnxruntime()
     if not path.is_file():

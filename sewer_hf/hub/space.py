@@ -4,7 +4,7 @@ The folder::
 
     README.md            front matter: sdk gradio, sdk_version, app_file, license, models, ...
     app.py               finds `sewer_hf` (installed, else the bundled wheel) and serves the app
-                         of `sewer_hf.space_app`; the same file as `spaces_demo/app.py`
+                         of `sewer_hf.hub.space_app`; the same file as `spaces_demo/app.py`
     requirements.txt     the package's dependencies (CPU build of torch), gradio excepted
     wheels/sewer_hf-<version>-py3-none-any.whl   this package, built from the checkout
     space_config.json    which model the Space serves, and where its card is
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from sewer_hf.errors import ConfigError, SewerHFError
-from sewer_hf.hub import (
+from sewer_hf.hub.publish import (
     DRY_RUN_HINT,
     PushResult,
     _empty_out_dir,
@@ -52,7 +52,7 @@ SKIPPED_REQUIREMENTS = ("gradio",)  # the Space SDK installs the pinned gradio (
 
 APP_PY = '''"""Sewer defect finder: a Hugging Face Space (Gradio) around a `sewer_hf` classifier.
 
-The app itself is `sewer_hf.space_app`. This file finds the package: installed, else the wheel
+The app itself is `sewer_hf.hub.space_app`. This file finds the package: installed, else the wheel
 next to it (`wheels/`, as `sewer-hf push-space` builds the Space), else the repository checkout
 it sits in (`spaces_demo/`). `MODEL_ID` (a Hub id or a classifier folder) picks the model; by
 default the one in `space_config.json`, else the checkout's quickstart classifier.
@@ -74,7 +74,7 @@ except ImportError:
     else:
         raise SystemExit("sewer_hf is not installed and no wheels/sewer_hf-*.whl is next to app.py")
 
-from sewer_hf.space_app import build_demo, launch_options, main  # noqa: E402,F401
+from sewer_hf.hub.space_app import build_demo, launch_options, main  # noqa: E402,F401
 
 if __name__ == "__main__":
     main(HERE)
@@ -83,7 +83,7 @@ if __name__ == "__main__":
 
 def project_root() -> Optional[Path]:
     """The source checkout this package runs from (a folder with pyproject.toml), if any."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() and (root / "sewer_hf").is_dir() else None
 
 
@@ -206,7 +206,7 @@ def build_space_folder(model: str, out_dir: str | os.PathLike, repo_id: str, *, 
                           token=token)
         served, url, synthetic = MODEL_FOLDER, f"https://huggingface.co/spaces/{repo_id}/blob/main/model/README.md", \
             release.synthetic
-        from sewer_hf.hub import REAL_DATA_LICENSE
+        from sewer_hf.hub.publish import REAL_DATA_LICENSE
 
         license = license or (SPACE_LICENSE if release.synthetic else REAL_DATA_LICENSE)
     else:

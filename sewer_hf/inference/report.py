@@ -1,4 +1,4 @@
-"""The report of a footage scan (`sewer_hf.video.ScanResult`), written to one folder:
+"""The report of a footage scan (`sewer_hf.inference.video.ScanResult`), written to one folder:
 
     timeline.csv   time_s, the 17 smoothed scores, defect (1 when any class is at/over threshold)
     events.json    the scan settings, decode counts and, per class, the merged event segments
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 
 SCORE_DECIMALS = 4
 

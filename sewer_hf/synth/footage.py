@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.labels import CLASS_NAMES, CLASSES
+from sewer_hf.data.labels import CLASS_NAMES, CLASSES
 
 SECTION_S = 1.0  # one stretch of pipe per second
 FORWARD_ZOOM = 0.2  # the camera's forward motion over one section (1.0 -> 1.2 zoom)

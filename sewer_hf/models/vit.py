@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from .errors import ConfigError
-from .labels import NUM_CLASSES
+from sewer_hf.errors import ConfigError
+from sewer_hf.data.labels import NUM_CLASSES
 
 # Short names used on the command line -> timm model names.
 ARCHS: dict[str, str] = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224"}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from sewer_hf.labels import pos_weight
+from sewer_hf.data.labels import pos_weight
 
 
 class WeightedBCE(nn.Module):

@@ -1,6 +1,6 @@
 """The paper's augmentations (App. A) on whole batches of uint8 images on the training device.
 
-The CPU reference (``sewer_hf.augment``, PIL per image) feeds only ~10-25 img/s per core, far
+The CPU reference (``sewer_hf.feed.augment``, PIL per image) feeds only ~10-25 img/s per core, far
 below what one GPU trains at (SPEC §6). Here every sample of a (B,3,H,W) uint8 batch gets its
 own random parameters, drawn as tensors, and each operation is one vectorised torch call over
 the batch: crops, flips and rotations are one ``affine_grid``/``grid_sample`` each, per-sample
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sewer_hf.augment import FinetuneAugConfig, PretrainAugConfig, with_overrides
+from sewer_hf.feed.augment import FinetuneAugConfig, PretrainAugConfig, with_overrides
 from sewer_hf.errors import ConfigError, DataError
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision

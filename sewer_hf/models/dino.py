@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from sewer_hf.errors import ConfigError
 
 # DINO paper defaults (SPEC §4).
 STUDENT_TEMP = 0.1

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.errors import SewerHFError
 
 MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 25_000_000))  # e.g. 5000 x 5000
@@ -104,7 +104,7 @@ def _card_facts(readme: Path) -> dict[str, Any]:
 
 
 def _pretty_folder_name(folder: Path, config: dict) -> str:
-    from sewer_hf.hub import _arch_title
+    from sewer_hf.hub.publish import _arch_title
 
     arch = _arch_title(config, (config.get("sewer_hf") or {}).get("arch"))
     run = folder.parent.name if folder.name == "classifier" else folder.name
@@ -116,7 +116,7 @@ def _pretty_folder_name(folder: Path, config: dict) -> str:
 
 def describe_model(model_id: str, url: Optional[str] = None, name: Optional[str] = None) -> ModelInfo:
     """A `ModelInfo` for a Hub id or a classifier folder: its card (README.md) when there is
-    one, else the run's own records (`sewer_hf.hub.inspect_model_dir`)."""
+    one, else the run's own records (`sewer_hf.hub.publish.inspect_model_dir`)."""
     info = ModelInfo(model_id=model_id, name=name or model_id, url=url)
     facts: dict[str, Any] = {}
     if _is_hub_id(model_id):
@@ -134,7 +134,7 @@ def describe_model(model_id: str, url: Optional[str] = None, name: Optional[str]
         if (folder / "README.md").is_file():
             facts = _card_facts(folder / "README.md")
         if not facts:
-            from sewer_hf.hub import inspect_model_dir
+            from sewer_hf.hub.publish import inspect_model_dir
 
             try:
                 release = inspect_model_dir(folder)
@@ -166,7 +166,7 @@ def default_model(here: Optional[Path] = None) -> tuple[str, Optional[str], Opti
         if here is not None and (here / model).is_dir():
             model = str(here / model)
         return model, config.get("model_url"), config.get("model_name")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return str(root / "runs" / "quickstart" / "ssl_finetune" / "classifier"), None, None
 
 
@@ -184,7 +184,7 @@ class ModelLane:
     def __init__(self, model_id: str, threads: Optional[int] = None) -> None:
         import torch
 
-        from sewer_hf.predict import SewerClassifier
+        from sewer_hf.inference.predict import SewerClassifier
 
         local = Path(model_id)
         if (model_id.startswith((".", "/")) or local.exists()) and not (local / "config.json").is_file():
@@ -360,7 +360,7 @@ def legend_html() -> str:
 def classify_image(image, model_id: Optional[str] = None, max_pixels: int = MAX_IMAGE_PIXELS):
     """-> (verdict HTML, attention overlay image, per-class bars HTML, scores by code as a dict
     {code: {name, score, threshold, flagged}})."""
-    from sewer_hf.attention import overlay
+    from sewer_hf.inference.attention import overlay
 
     rgb = open_checked_image(image, max_pixels)
     lane = load_lane(model_id or default_model()[0])
@@ -472,8 +472,8 @@ def _summary_html(result, n_events: int, fps: float) -> str:
 def scan_video(path, model_id: Optional[str] = None, max_seconds: float = MAX_VIDEO_SECONDS,
                fps: float = VIDEO_SAMPLE_FPS, progress: bool = False):
     """-> (summary HTML, findings rows, [report.html, timeline.csv, events.json], timeline plot path)."""
-    from sewer_hf.video import scan_footage
-    from sewer_hf.video_report import write_report
+    from sewer_hf.inference.video import scan_footage
+    from sewer_hf.inference.report import write_report
 
     gr = _gr()
     if not path:

@@ -154,7 +154,7 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, method: str = DEFAULT_
 
 
 def _session_scores(path: Path, pixel_values: np.ndarray, threads: Optional[int] = None, batch: int = 32) -> np.ndarray:
-    from sewer_hf.predict import _onnx_session
+    from sewer_hf.inference.predict import _onnx_session
 
     session = _onnx_session(path, threads)
     logits = np.concatenate([session.run(["logits"], {"pixel_values": pixel_values[i:i + batch]})[0]
@@ -193,7 +193,7 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
     Returns (int8 path, check dict)."""
     import torch
 
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.inference.predict import SewerClassifier
 
     if frames < 1:
         raise ConfigError(f"check frames={frames}: expected a positive number of frames")
@@ -232,7 +232,7 @@ def export_bf16_check(model_dir: str | Path, check_data: Optional[str] = None, c
     native bf16. Returns (check path, check dict)."""
     import torch
 
-    from sewer_hf.predict import SewerClassifier
+    from sewer_hf.inference.predict import SewerClassifier
 
     if frames < 1:
         raise ConfigError(f"check frames={frames}: expected a positive number of frames")

@@ -35,13 +35,13 @@ from sewer_hf.atomic import write_json_atomically
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
-from sewer_hf.finetune import finetune
-from sewer_hf.machine import available_cores
+from sewer_hf.train.finetune import finetune
+from sewer_hf.feed.machine import available_cores
 from sewer_hf.metrics import LEARNED_BAR, constant_baseline, learned, read_annotation_targets
-from sewer_hf.pretrain import pretrain
-from sewer_hf.quickstart import shipped_config, prepare_shards
+from sewer_hf.train.pretrain import pretrain
+from sewer_hf.experiments.quickstart import shipped_config, prepare_shards
 from sewer_hf.synth import generate_dataset
-from sewer_hf.training import runs_share_the_launch
+from sewer_hf.train.run import runs_share_the_launch
 
 ARMS = {  # name -> (label, uses the DINO backbone, linear probe)
     "dino_finetune": ("DINO + fine-tune", True, False),
@@ -91,7 +91,7 @@ def repo_relative(path: str | None) -> str | None:
     """A path inside this checkout as written from its root (results.json is committed)."""
     if path is None:
         return None
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         return str(Path(path).resolve().relative_to(root))
     except ValueError:
@@ -114,7 +114,7 @@ def config_hash(cfg) -> str:
 
 def git_commit() -> str:
     """The commit of the code that ran ("+dirty" with uncommitted changes to tracked files)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()

@@ -30,13 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from sewer_hf.atomic import write_json_atomically
-from sewer_hf.data import (
-    DEFAULT_CHECK_WORKERS,
-    _describe,
-    decode_rgb_or_error,
-    load_sewer_ml_with_missing,
-    normalize_split,
-)
+from sewer_hf.data import decode_rgb_or_error, load_sewer_ml_with_missing, normalize_split
+from sewer_hf.data.check import DEFAULT_CHECK_WORKERS
+from sewer_hf.data.decode import describe_image
 from sewer_hf.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -152,7 +148,7 @@ def prepare_split(
                 bar.update(1)
                 filename = rows["filename"][row_index]
                 if data is None:
-                    logger.warning("unreadable image %s: %s", _describe(rows["image"][row_index]), error)
+                    logger.warning("unreadable image %s: %s", describe_image(rows["image"][row_index]), error)
                     skipped.append({"filename": filename, "error": error})
                     continue
                 stem = os.path.splitext(filename)[0]

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.atomic import write_json_atomically
-from sewer_hf.machine import available_cores
+from sewer_hf.feed.machine import available_cores
 
 # More defect frames than Sewer-ML's 47 %, so that the val frames hold positives of most classes.
 DEFECT_FRACTION = 0.6
@@ -28,7 +28,7 @@ PREPARED_SIZE = 64  # `prepare` shards at the smoke configs' image_size: no resi
 CLASSIFIERS = (("ssl_finetune", "DINO + fine-tune"), ("supervised", "from scratch, same budget"))
 DINO_EPOCHS = 1  # x 3,072 frames (smoke_dino.yaml alone: 10 epochs of 768); the 12-minute budget goes to fine-tuning
 KNN_TRAIN = 1024  # the kNN check's memory bank (pretrained vs random init): all 3,072 cost ~15 s more
-CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 
 
 def shipped_config(name: str) -> str:
@@ -89,8 +89,8 @@ def prepare_shards(raw: Path, prepared: Path, size: int = PREPARED_SIZE, splits:
 def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: int = 512, seed: int = 0,
                pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> dict[str, Any]:
     from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-    from sewer_hf.finetune import finetune
-    from sewer_hf.pretrain import pretrain
+    from sewer_hf.train.finetune import finetune
+    from sewer_hf.train.pretrain import pretrain
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +137,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
     def push_stage():  # the Hub repo folder `sewer-hf push` would upload (dry run: no token, no network)
         import shutil
 
-        from sewer_hf.hub import push_model
+        from sewer_hf.hub.publish import push_model
 
         folder = out / "hub_dry_run"
         shutil.rmtree(folder, ignore_errors=True)  # left half-written by an interrupted run
@@ -193,7 +193,7 @@ def pipeline_stage(out: Path, seed: int) -> dict[str, Any]:
     import numpy as np
     from transformers import pipeline
 
-    from sewer_hf.footage import FOOTAGE_CLASSES
+    from sewer_hf.synth.footage import FOOTAGE_CLASSES
     from sewer_hf.synth import render_frame
 
     clf = pipeline("image-classification", model=str(out / "ssl_finetune" / "classifier"), top_k=L.NUM_CLASSES)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from sewer_hf.errors import ConfigError, SewerHFError
-from sewer_hf.machine import MachinePlan, plan_for_machine
+from sewer_hf.feed.machine import MachinePlan, plan_for_machine
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class TrainState:
         ``data.feed == "thread"`` prepares the next batches in a background thread
         (``DevicePrefetcher``); the counters still advance only as batches are handed out, so a
         checkpoint never counts a batch that was prepared but not trained."""
-        from sewer_hf.device_feed import DevicePrefetcher, decode_batch_skipping
+        from sewer_hf.feed.device import DevicePrefetcher, decode_batch_skipping
 
         loader.set_epoch(self.epoch)
         if hasattr(data.dataset, "set_epoch"):
@@ -213,9 +213,9 @@ def train_data(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[], An
     optimizer step: accelerate learns that an epoch ends from the loader (it syncs the last
     accumulation there), so with gradient accumulation the loader must not be read ahead.
     Otherwise ``cpu_transform()`` augments in the workers, each image seeded."""
-    from sewer_hf.augment import DecodeForGPU
-    from sewer_hf.data import SewerTorchDataset
-    from sewer_hf.gpu_augment import compile_augment
+    from sewer_hf.feed.augment import DecodeForGPU
+    from sewer_hf.data.torch_dataset import SewerTorchDataset
+    from sewer_hf.feed.batched import compile_augment
 
     device = accelerator.device
     if cfg.gpu_augment is False:  # None (auto) = batched, on any device
@@ -376,7 +376,7 @@ def start_run(cfg: Any):
     from accelerate.utils import set_seed
 
     from sewer_hf.config import save_config
-    from sewer_hf.sources import ensure_synthetic_data
+    from sewer_hf.data.sources import ensure_synthetic_data
 
     cfg.validate()
     stale = check_output_dir(cfg)  # every process, before any of them writes there

@@ -13,7 +13,7 @@
              that classifier, at 0.5 and at its thresholds, next to the constant-predictor
              baseline: eval.json
 
-Checkpoints, resume, precision and logging are shared with pretraining (sewer_hf.training).
+Checkpoints, resume, precision and logging are shared with pretraining (sewer_hf.train.run).
 """
 from __future__ import annotations
 
@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.atomic import write_json_atomically
 from sewer_hf.config import FinetuneConfig, save_config
 from sewer_hf.errors import DataError
-from sewer_hf.losses import WeightedBCE, prior_logits
+from sewer_hf.models.losses import WeightedBCE, prior_logits
 from sewer_hf.metrics import beats_baseline, constant_baseline, learned
-from sewer_hf.sampling import stratified_fraction
-from sewer_hf.sources import load_split
-from sewer_hf.training import (
+from sewer_hf.data.sampling import stratified_fraction
+from sewer_hf.data.sources import load_split
+from sewer_hf.train.run import (
     CheckpointManager,
     MetricsLog,
     Progress,
@@ -78,8 +78,8 @@ def multistep_lr(peak: float, milestones: tuple[int, ...], gamma: float, epochs:
 
 
 def build_model(cfg: FinetuneConfig):
-    from sewer_hf.export import load_timm_backbone
-    from sewer_hf.model import build_classifier, create_backbone
+    from sewer_hf.models.hf_export import load_timm_backbone
+    from sewer_hf.models.vit import build_classifier, create_backbone
 
     if cfg.backbone:
         backbone = load_timm_backbone(cfg.backbone, drop_path_rate=0.0 if cfg.linear_probe else cfg.drop_path_rate)
@@ -121,11 +121,11 @@ def predict_scores(model, loader, accelerator, desc: str = "eval") -> tuple[np.n
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    from sewer_hf.augment import eval_transform, finetune_augmentation, finetune_transform
-    from sewer_hf.gpu_augment import GPUFinetuneAugment
-    from sewer_hf.data import SewerTorchDataset, collate_skip_bad
-    from sewer_hf.dino import param_groups
-    from sewer_hf.hub import check_push_config, push_after_run
+    from sewer_hf.feed.augment import eval_transform, finetune_augmentation, finetune_transform
+    from sewer_hf.feed.batched import GPUFinetuneAugment
+    from sewer_hf.data.torch_dataset import SewerTorchDataset, collate_skip_bad
+    from sewer_hf.models.dino import param_groups
+    from sewer_hf.hub.publish import check_push_config, push_after_run
 
     check_push_config(cfg)  # --push_to_hub: no id or no token fails now, not after training
     accelerator, data = start_run(cfg)
@@ -360,7 +360,7 @@ def report_val(cfg, accelerator, evaluation: Evaluation, state) -> None:
     """Val, scored once on the exported classifier (the epoch chosen on the hold-out, with its
     thresholds), at 0.5 and at the shipped thresholds, next to the constant-predictor baseline:
     eval.json. Read back from disk, so a resumed run reports what it ships too."""
-    from sewer_hf.export import load_classifier_module, load_classifier_thresholds
+    from sewer_hf.models.hf_export import load_classifier_module, load_classifier_thresholds
     from sewer_hf.metrics import compute_metrics
     from transformers import ViTConfig
 
@@ -392,7 +392,7 @@ def fitted_on(cfg, n_images: int | None, on_holdout: bool) -> str:
 
 def export_classifier(cfg, net, thresholds, epoch: int, n_fit: int, on_holdout: bool) -> None:
     """classifier/ (native ViTForImageClassification + its thresholds) and its training config."""
-    from sewer_hf.export import save_classifier
+    from sewer_hf.models.hf_export import save_classifier
 
     out = Path(cfg.output_dir)
     save_classifier(net.backbone, net.head, out / "classifier", image_size=cfg.image_size,

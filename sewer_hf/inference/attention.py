@@ -16,7 +16,7 @@ OVERLAY_CMAP = "inferno"
 
 class AttentionExplainer:
     """Scores and the CLS attention map of one image, from the same weights as `classifier`
-    (a `sewer_hf.predict.SewerClassifier`) and its preprocessing."""
+    (a `sewer_hf.inference.predict.SewerClassifier`) and its preprocessing."""
 
     def __init__(self, classifier) -> None:
         from transformers import AutoModelForImageClassification

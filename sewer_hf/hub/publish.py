@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from sewer_hf.synth.dataset import SYNTHETIC_MARKER  # a data folder holding this file is synthetic
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.errors import ConfigError, DataError, SewerHFError
 
 CARD_TEMPLATES = "model_cards"  # folder under sewer_hf/resources/
@@ -194,7 +194,7 @@ def inspect_model_dir(model_dir: str | os.PathLike, synthetic: Optional[bool] = 
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
     if missing:
         raise ConfigError(f"--model {folder}: missing {', '.join(missing)}; expected an exported classifier/ or "
-                          "backbone/ folder (written by the recipes or sewer_hf.export)")
+                          "backbone/ folder (written by the recipes or sewer_hf.models.hf_export)")
     config = _read_json(folder / "config.json")
     architectures = config.get("architectures") or []
     if "ViTForImageClassification" in architectures:

@@ -1,8 +1,8 @@
 """DINO pretraining with Accelerate (the paper's self-supervised stage), one screen per idea:
 
     data  -> two augmented global views (+ optional local crops) per image
-    model -> student / teacher ViT + DINO head (sewer_hf.model)
-    loss  -> DINO cross-entropy with centering and teacher-temperature schedule (sewer_hf.dino)
+    model -> student / teacher ViT + DINO head (sewer_hf.models.vit)
+    loss  -> DINO cross-entropy with centering and teacher-temperature schedule (sewer_hf.models.dino)
     step  -> AdamW with per-iteration lr / wd schedules, grad clipping, frozen last layer in
              epoch 0, EMA teacher update with cosine momentum
     logs  -> metrics.jsonl, TensorBoard, per-epoch RankMe + teacher entropy (collapse warning)
@@ -21,12 +21,12 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from sewer_hf import labels as L
+from sewer_hf.data import labels as L
 from sewer_hf.config import PretrainConfig, save_config
-from sewer_hf.dino import unwrap as _unwrap
-from sewer_hf.losses import WeightedBCE
-from sewer_hf.sources import fixed_subset, load_split
-from sewer_hf.training import (
+from sewer_hf.models.dino import unwrap as _unwrap
+from sewer_hf.models.losses import WeightedBCE
+from sewer_hf.data.sources import fixed_subset, load_split
+from sewer_hf.train.run import (
     CheckpointManager,
     MetricsLog,
     Progress,
@@ -53,9 +53,9 @@ logger = logging.getLogger(__name__)
 
 def embed(backbone, hf_dataset, image_size: int, device, batch_size: int = 64, desc: str = "embed"):
     """CLS embeddings (and labels, if any) of a dataset, evaluation transform, skipping bad images."""
-    from sewer_hf.augment import eval_transform
-    from sewer_hf.data import SewerTorchDataset, collate_skip_bad
-    from sewer_hf.knn import extract_features
+    from sewer_hf.feed.augment import eval_transform
+    from sewer_hf.data.torch_dataset import SewerTorchDataset, collate_skip_bad
+    from sewer_hf.models.knn import extract_features
 
     with_labels = "labels" in hf_dataset.column_names
     loader = torch.utils.data.DataLoader(
@@ -80,12 +80,12 @@ def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: fl
 # ------------------------------------------------------------------------------------------------
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    from sewer_hf.augment import PretrainTransform, pretrain_augmentation
-    from sewer_hf.gpu_augment import GPUPretrainAugment
-    from sewer_hf.data import collate_skip_bad
-    from sewer_hf.dino import DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update, param_groups
-    from sewer_hf.model import build_student_teacher
-    from sewer_hf.hub import check_push_config, push_after_run
+    from sewer_hf.feed.augment import PretrainTransform, pretrain_augmentation
+    from sewer_hf.feed.batched import GPUPretrainAugment
+    from sewer_hf.data.torch_dataset import collate_skip_bad
+    from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update, param_groups
+    from sewer_hf.models.vit import build_student_teacher
+    from sewer_hf.hub.publish import check_push_config, push_after_run
 
     check_push_config(cfg)  # --push_to_hub: no id or no token fails now, not after training
     accelerator, data = start_run(cfg)
@@ -243,7 +243,7 @@ def collapse_warning(entropy: float, rank: float, out_dim: int) -> Optional[str]
 
 def epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch) -> None:
     """RankMe of the teacher's backbone embeddings on the fixed held-out frames, teacher entropy."""
-    from sewer_hf.dino import rankme
+    from sewer_hf.models.dino import rankme
 
     if not accelerator.is_main_process or probe is None:
         return
@@ -271,7 +271,7 @@ def knn_frames(cfg, data, train_hf):
 
 def knn_metrics(cfg, backbone, frames, device, name: str) -> dict[str, float]:
     """kNN F2_CIW / F1_Normal / mAP of `backbone`'s CLS features on `knn_frames`."""
-    from sewer_hf.knn import knn_evaluate
+    from sewer_hf.models.knn import knn_evaluate
 
     bank, val = frames
     tr_f, tr_y = embed(backbone, bank, cfg.image_size, device, desc=f"knn {name} train")
@@ -298,7 +298,7 @@ def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dic
     """Write backbone/ (transformers ViTModel), dino/ (full state) and knn.json."""
     from safetensors.torch import save_file
 
-    from sewer_hf.export import save_backbone
+    from sewer_hf.models.hf_export import save_backbone
 
     out = Path(cfg.output_dir)
     teacher = _unwrap(teacher)
@@ -326,7 +326,7 @@ def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dic
 
 def knn_report(cfg, backbone, data, train_hf, device) -> Optional[dict[str, Any]]:
     """kNN of the pretrained teacher backbone vs the same architecture at random init."""
-    from sewer_hf.model import create_backbone
+    from sewer_hf.models.vit import create_backbone
 
     frames = knn_frames(cfg, data, train_hf)
     if frames is None:
