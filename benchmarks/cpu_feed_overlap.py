@@ -26,8 +26,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "smoke_di
 
 
 def _augment():
-    from sewer_hf.feed.augment import pretrain_augmentation
     from sewer_hf.feed.batched import GPUPretrainAugment
+    from sewer_hf.feed.spec import pretrain_augmentation
 
     return GPUPretrainAugment(config=pretrain_augmentation("paper"), size=64, scale=(0.5, 1.0))
 

@@ -35,17 +35,17 @@ import torch
 
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-from sewer_hf.models.dino import DINOLoss, ema_update, param_groups
-from sewer_hf.train.finetune import finetune
-from sewer_hf.models.losses import WeightedBCE
 from sewer_hf.feed.machine import available_cores
+from sewer_hf.models.dino import DINOLoss
+from sewer_hf.models.losses import WeightedBCE
 from sewer_hf.models.vit import build_classifier, build_student_teacher, create_backbone
-from sewer_hf.train.pretrain import pretrain
-from sewer_hf.train.run import make_adamw
 from sewer_hf.synth import generate_dataset
+from sewer_hf.train.finetune import finetune
+from sewer_hf.train.optim import ema_update, make_adamw, param_groups
+from sewer_hf.train.pretrain import pretrain
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
-FORMER = {"gpu_augment": False, "num_workers": 2, "cpu_threads": 2}  # (b): how the quickstart ran before
+FORMER = {"feed": "per_image", "num_workers": 2, "cpu_threads": 2}  # (b): how the quickstart ran before
 
 
 def model_step_rate(kind: str, cfg, steps: int, warmup: int) -> float:

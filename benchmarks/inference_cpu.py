@@ -119,8 +119,9 @@ def main(argv=None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from sewer_hf.inference import quantize as Q
     from sewer_hf.feed.machine import available_cores
+    from sewer_hf.inference import precision as P
+    from sewer_hf.inference import quantize as Q
     from sewer_hf.inference.onnx import export_onnx
     from sewer_hf.inference.predict import SewerClassifier, inference_lanes, inference_threads
 
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
     repeats = 2  # best of 2: the first run doubles as warm-up
     batch = 16
     print(f"{n_images} PNG frames 720x576 -> ViT-T/16 224 px, 17 classes; {available_cores()} cores "
-          f"(CPU features: {Q.cpu_features()}); ONNX Runtime in {inference_lanes()} lanes of 1 thread (each decodes and "
+          f"(CPU features: {P.cpu_features()}); ONNX Runtime in {inference_lanes()} lanes of 1 thread (each decodes and "
           f"scores its own batch); one batch at a time: model threads {threads}, decode threads "
           f"{inference_threads()[1]}; load average at start {os.getloadavg()[0]:.2f}")
 
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
         int8 = {}
         for name, onnx_path in (("int8 dynamic", onnx_file), ("int8 static", static_onnx)):
             if not checks[name]["passed"]:
-                Q.check_path(onnx_path).write_text(json.dumps(dict(checks[name], passed=True)))  # measure it anyway
+                P.check_path(onnx_path).write_text(json.dumps(dict(checks[name], passed=True)))  # measure it anyway
             int8[name] = SewerClassifier(model_dir, threads=threads, precision="int8", onnx_path=onnx_path)
             rate, scores = _rate(ours(int8[name]), n_images, repeats)
             mark = "" if checks[name]["passed"] else " (FAILED its check: not offered)"
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
 
         bf16 = SewerClassifier(model_dir, device="cpu", threads=threads, precision="bf16")
         rate, scores = _rate(ours(bf16), n_images, repeats)
-        native = "native bf16" if Q.native_bf16() else "no native bf16 here: auto never picks it"
+        native = "native bf16" if P.native_bf16() else "no native bf16 here: auto never picks it"
         rows.append((f"ours, torch bf16 weights ({native})", rate, diff(scores, torch_scores, "fp32")))
 
         # the parts alone: decode + resize, and the model on a batch of 16
@@ -259,8 +260,8 @@ def main(argv=None) -> int:
             rows.append((f"ours, torch.compile fp32 (compile {compile_s:.0f} s)", rate, ""))
 
         # -- footage: scan a synthetic clip at 2 fps ----------------------------------------------
-        from sewer_hf.synth.footage import write_footage
         from sewer_hf.inference.video import scan_footage
+        from sewer_hf.synth.footage import write_footage
 
         clip = Path(tmp) / "pipe.mp4"
         t0 = time.perf_counter()

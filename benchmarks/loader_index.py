@@ -30,7 +30,7 @@ from sewer_hf.data.labels import CLASSES, CSV_COLUMNS  # noqa: E402
 TRAIN_ROWS = 1_040_129
 QUICK_ROWS = 50_000
 NORMAL_FRACTION = 552_820 / TRAIN_ROWS
-# Training-split class counts (SPEC), for realistic label frequencies among defect rows.
+# Training-split class counts (the real Sewer-ML annotations), for realistic label frequencies among defect rows.
 CLASS_COUNTS = {
     "RB": 45_821, "OB": 184_379, "PF": 16_254, "DE": 19_084, "FS": 283_983, "IS": 6_271, "RO": 22_637,
     "IN": 23_782, "AF": 74_856, "BE": 66_499, "FO": 5_010, "GR": 53_986, "PH": 23_685, "PB": 6_746,

@@ -46,14 +46,21 @@ import time
 import numpy as np
 import torch
 
-from sewer_hf.feed.augment import DecodeForGPU, PretrainTransform
-from sewer_hf.feed.device import (
-    FEED_MODES, DevicePrefetcher, collate_encoded, decode_batch, encoded_tensor, nvjpeg_supported, split_encoded,
-)
-from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients, ema_update, param_groups
-from sewer_hf.feed.batched import GPUPretrainAugment, compile_augment, resolve_photometric_dtype
-from sewer_hf.models.vit import build_student_teacher
 from sewer_hf.data.prepare import JPEG_QUALITY
+from sewer_hf.feed.augment import DecodeForGPU, PretrainTransform
+from sewer_hf.feed.batched import GPUPretrainAugment, compile_augment, resolve_photometric_dtype
+from sewer_hf.feed.device import (
+    FEED_MODES,
+    DevicePrefetcher,
+    collate_encoded,
+    decode_batch,
+    encoded_tensor,
+    nvjpeg_supported,
+    split_encoded,
+)
+from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients
+from sewer_hf.models.vit import build_student_teacher
+from sewer_hf.train.optim import ema_update, param_groups
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "T4": 65e12}  # dense
 PREFETCH_FACTOR = 2  # DataLoader's default: batches queued per worker

@@ -11,8 +11,8 @@ Every field of `sewer_hf.config.PretrainConfig` can be set in the YAML file or o
 import sys
 
 from sewer_hf.config import PretrainConfig
-from sewer_hf.train.recipe import run_recipe
 from sewer_hf.train.pretrain import pretrain
+from sewer_hf.train.recipe import run_recipe
 
 if __name__ == "__main__":
     sys.exit(run_recipe(PretrainConfig, pretrain, sys.argv[1:], __doc__))

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-from sewer_hf.train.finetune import finetune
-from sewer_hf.metrics import LEARNED_BAR, learned
-from sewer_hf.train.pretrain import pretrain
 from sewer_hf.experiments.quickstart import synthetic_prepared_data
+from sewer_hf.metrics import LEARNED_BAR, learned
+from sewer_hf.train.finetune import finetune
+from sewer_hf.train.pretrain import pretrain
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -21,6 +21,14 @@ from sewer_hf.errors import ConfigError
 
 T = TypeVar("T")
 
+FEEDS = ("auto", "batched", "batched_thread", "per_image")
+# Keys of earlier versions, and what replaced them: named in the error a config using one gets.
+RENAMED_KEYS = {
+    "gpu_augment": "feed (false -> feed: per_image; true or unset -> feed: auto or batched)",
+    "device_feed": "feed (thread -> feed: batched_thread; inline -> feed: batched; auto -> feed: auto)",
+    "gpu_augment_dtype": "augment_dtype (the same values)",
+}
+
 
 @dataclass
 class RunConfig:
@@ -41,18 +49,17 @@ class RunConfig:
     # torch threads on a CPU; None = the cores this process may use (split between processes
     # and loader workers). On a busy 2-core machine 2 threads can be slower than 1: measure
     cpu_threads: Optional[int] = None
-    # the paper's augmentations drawn batched on the training device, the CPU included (loader
-    # workers only decode); None = on; false = PIL/torchvision per image in the loader workers
-    gpu_augment: Optional[bool] = None
-    gpu_augment_dtype: str = "auto"  # its colour ops: auto = float16 on CUDA (half the memory traffic), else float32
-    # with gpu_augment: workers hand over the encoded bytes and each batch is decoded on the
+    # where a training batch is made (sewer_hf.feed.pipeline.resolve_feed): auto = the paper's
+    # augmentations drawn batched in the training process, the CPU included (loader workers
+    # only decode), with the next batches prepared in a background thread on CUDA when there is
+    # no gradient accumulation; batched = the same, always inline; batched_thread = always in
+    # the thread; per_image = PIL/torchvision per image in the loader workers
+    feed: str = "auto"
+    # batched feeds: the workers hand over the encoded bytes and each batch is decoded on the
     # device (nvjpeg for JPEG, e.g. `sewer-hf prepare --format jpeg` shards; the CPU otherwise)
     decode_on_device: bool = False
-    compile_augment: bool = False  # torch.compile its colour ops too (fused kernels; draws, crops, blur, equalize stay eager)
-    # thread: the next batches are copied and augmented on the device in a background thread,
-    # overlapping the step; inline: in the loop; auto = thread with gpu_augment on CUDA and no
-    # gradient accumulation
-    device_feed: str = "auto"
+    augment_dtype: str = "auto"  # batched colour ops: auto = float16 on CUDA (half the memory traffic), else float32
+    compile_augment: bool = False  # torch.compile the batched colour ops too (fused kernels; draws, crops, blur, equalize stay eager)
     # --- model ----------------------------------------------------------------------------
     arch: str = "vit_tiny"  # vit_tiny (ViT-T/16) or vit_small (ViT-S/16)
     image_size: int = 224  # paper: 224
@@ -83,12 +90,8 @@ class RunConfig:
     def validate(self) -> None:
         _check_choice("arch", self.arch, ("vit_tiny", "vit_small", "vit_tiny_patch16_224", "vit_small_patch16_224"))
         _check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
-        _check_choice("gpu_augment_dtype", self.gpu_augment_dtype, ("auto", "float32", "float16"))
-        _check_choice("device_feed", self.device_feed, ("auto", "thread", "inline"))
-        if self.device_feed == "thread" and self.gradient_accumulation_steps > 1:
-            raise ConfigError(f"device_feed=thread with gradient_accumulation_steps={self.gradient_accumulation_steps}: "
-                              "the feed thread reads the loader ahead, which would end accelerate's accumulation "
-                              "early; use device_feed=inline (or auto)")
+        _check_choice("feed", self.feed, FEEDS)  # combinations: sewer_hf.feed.pipeline.resolve_feed
+        _check_choice("augment_dtype", self.augment_dtype, ("auto", "float32", "float16"))
         _check_domains(self)  # every numeric key against its DOMAINS entry (subclass keys included)
         if self.synthetic_size is not None:
             _check_size_text("synthetic_size", self.synthetic_size)
@@ -110,9 +113,9 @@ class PretrainConfig(RunConfig):
     global_crop_scale: tuple[float, float] = (0.5, 1.0)  # paper App. A
     n_local_crops: int = 0  # paper: two global views only, no multi-crop
     local_crop_size: int = 96
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)  # DINO (its global crops start at 0.4; the paper's at 0.5)
     augmentation: str = "paper"  # paper (App. A) | crops (crops and flips only; sewer_hf.feed.augment.PRETRAIN_AUGMENTATIONS)
-    # with gpu_augment: loader workers only decode and resize to this square size; None = 8/7 of
+    # batched feeds: loader workers only decode and resize to this square size; None = 8/7 of
     # image_size rounded up to a multiple of 8 (256 for 224: room for the crops, no more pixels)
     decode_size: Optional[int] = None
     # --- optimisation ---------------------------------------------------------------------
@@ -307,6 +310,8 @@ def _check_domains(cfg: Any) -> None:
 
 def _check_size_text(name: str, text: str) -> None:
     """A "WxH" frame size (or "mix") within what the synthetic renderer draws."""
+    # Imported here: the renderer sits a layer above the configs, and importing it took 0.3-0.4 s
+    # of the 0.4 s `import sewer_hf.config` costs (python -X importtime), paid by every command.
     from sewer_hf.synth.dataset import parse_size
 
     try:
@@ -441,10 +446,14 @@ def load_config(cls: type[T], config_path: Optional[str] = None, overrides: Opti
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value")
         for key, value in data.items():
+            if key in RENAMED_KEYS and key not in known:
+                raise ConfigError(f"{path}: key {key!r} was replaced by {RENAMED_KEYS[key]}")
             if key not in known:
                 raise ConfigError(f"{path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
             values[key] = _coerce(key, value, known[key], str(path))
     for key, value in (overrides or {}).items():
+        if key in RENAMED_KEYS and key not in known:
+            raise ConfigError(f"option --{key} was replaced by --{RENAMED_KEYS[key]}")
         if key not in known:
             raise ConfigError(f"unknown option --{key}; known options: {', '.join('--' + k for k in sorted(known))}")
         values[key] = _coerce(key, value, known[key], "command line")

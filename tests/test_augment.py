@@ -9,16 +9,16 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from sewer_hf.data.labels import SEWER_MEAN, SEWER_STD
+from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.feed.augment import (
     FinetuneAugConfig,
     PretrainAugConfig,
     PretrainTransform,
-    blur_kernel_size_for,
     eval_transform,
     finetune_transform,
 )
-from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.data.labels import SEWER_MEAN, SEWER_STD
+from sewer_hf.feed.spec import blur_kernel_size_for
 
 MEAN = torch.tensor(SEWER_MEAN).view(3, 1, 1)
 STD = torch.tensor(SEWER_STD).view(3, 1, 1)
@@ -215,8 +215,8 @@ def test_bad_finetune_values_raise_config_error():
 def test_pretrain_augmentation_by_name_crops_keeps_colours():
     """`augmentation: crops` (PretrainConfig): crops and flips only, so a flat-coloured frame keeps
     its colour in every view; the paper's views jitter, grey, blur and solarize it."""
-    from sewer_hf.feed.augment import PRETRAIN_AUGMENTATIONS, pretrain_augmentation
     from sewer_hf.config import PretrainConfig
+    from sewer_hf.feed.spec import PRETRAIN_AUGMENTATIONS, pretrain_augmentation
 
     flat = Image.new("RGB", (48, 48), (180, 60, 20))
     torch.manual_seed(0)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sewer_hf.data import labels as L
 from sewer_hf.cli import main as cli
 from sewer_hf.data import decode_rgb
+from sewer_hf.data import labels as L
 from sewer_hf.errors import ConfigError, DataError, SewerHFError
 
 IMAGE_SIZE = 32
@@ -340,12 +340,12 @@ def test_synth_refuses_a_size_it_cannot_draw(tmp_path, capsys):
 
 
 def test_scan_checks_the_video_before_loading_the_model(tmp_path, capsys, monkeypatch):
-    import sewer_hf.inference.predict
+    import sewer_hf.inference.video
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the video was checked")
 
-    monkeypatch.setattr(sewer_hf.inference.predict, "SewerClassifier", no_model)
+    monkeypatch.setattr(sewer_hf.inference.video, "SewerClassifier", no_model)
     text_file = tmp_path / "notes.mp4"
     text_file.write_text("not a video\n" * 40)
     for video, message in ((tmp_path / "missing.mp4", "no such video file"), (text_file, "not a readable video")):
@@ -400,7 +400,7 @@ def truncated_video(tmp_path_factory):
 
 def test_a_truncated_video_reports_its_scanned_coverage_and_warns(truncated_video, classifier, tmp_path, capsys,
                                                                    monkeypatch):
-    import sewer_hf.inference.predict
+    import sewer_hf.inference.video
     from sewer_hf.inference.video import scan_footage
 
     whole, cut = truncated_video
@@ -412,7 +412,7 @@ def test_a_truncated_video_reports_its_scanned_coverage_and_warns(truncated_vide
     assert result.coverage_warning and "of the declared 6.0 s" in result.coverage_warning
     assert all(ev["end"] <= result.scanned_s + 1e-6 for ev in result.flat_events())  # no event past the decoded end
     # the CLI, events.json and report.html say it too
-    monkeypatch.setattr(sewer_hf.inference.predict, "SewerClassifier", lambda *a, **k: classifier)
+    monkeypatch.setattr(sewer_hf.inference.video, "SewerClassifier", lambda *a, **k: classifier)
     code, text = _run(capsys, "scan", cut, "--model", "x", "--out", tmp_path / "r")
     assert code == 0 and "of the declared 6.0 s" in text and "warning: only" in text
     doc = json.loads((tmp_path / "r" / "events.json").read_text())

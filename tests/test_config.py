@@ -1,8 +1,9 @@
+from pathlib import Path
+
 import pytest
 
 from sewer_hf.config import FinetuneConfig, PretrainConfig, config_from_argv, load_config, parse_overrides
 from sewer_hf.errors import ConfigError
-from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from sewer_hf.config import (DOMAINS, Domain, FinetuneConfig, PretrainConfig, RunConfig, domain_of, load_config,
-                             numeric_fields)
+from sewer_hf.config import (
+    DOMAINS,
+    Domain,
+    FinetuneConfig,
+    PretrainConfig,
+    RunConfig,
+    domain_of,
+    load_config,
+    numeric_fields,
+)
 from sewer_hf.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"

@@ -20,9 +20,9 @@ from PIL import Image
 
 from sewer_hf import cli
 from sewer_hf.data import decode_rgb, load_image_dataset, load_sewer_ml, normalize_split
+from sewer_hf.data.labels import CLASSES, CSV_COLUMNS
 from sewer_hf.data.torch_dataset import SkipCounter, collate_skip_bad
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.data.labels import CLASSES, CSV_COLUMNS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_CSV = FIXTURES / "SewerML_Train.csv"

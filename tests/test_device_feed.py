@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sewer_hf.errors import DataError
 from sewer_hf.feed.device import (
     DevicePrefetcher,
     collate_encoded,
@@ -21,7 +22,6 @@ from sewer_hf.feed.device import (
     nvjpeg_supported,
     split_encoded,
 )
-from sewer_hf.errors import DataError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 on_devices = pytest.mark.parametrize("device", DEVICES)
@@ -292,3 +292,37 @@ def test_feed_on_cuda_waits_for_a_loader_that_copies_its_batches_to_the_device(m
         got.append((float(out.min()), float(out.max())))
     assert got == [(2.0 * i, 2.0 * i) for i in range(8)] and torch.isfinite(big).all()
     assert torch.cuda.current_stream() == main
+
+
+@pytest.mark.parametrize("feed, device, accumulation, expected", [
+    ("auto", "cpu", 1, (True, False)),
+    ("auto", "cuda", 1, (True, True)),  # the feed thread where it overlaps a GPU step
+    ("auto", "cuda", 2, (True, False)),  # never with accumulation: it would read the loader ahead
+    ("batched", "cuda", 1, (True, False)),
+    ("batched_thread", "cpu", 1, (True, True)),
+    ("per_image", "cuda", 1, (False, False)),
+])
+def test_one_place_resolves_the_feed(feed, device, accumulation, expected):
+    from types import SimpleNamespace
+
+    from sewer_hf.feed.pipeline import resolve_feed
+
+    cfg = SimpleNamespace(feed=feed, gradient_accumulation_steps=accumulation, decode_on_device=False)
+    layout = resolve_feed(cfg, torch.device(device))
+    assert (layout.batched, layout.thread) == expected and not layout.decode_on_device
+    assert resolve_feed(SimpleNamespace(**{**vars(cfg), "decode_on_device": feed != "per_image"}),
+                        torch.device(device)).decode_on_device == (feed != "per_image")
+
+
+def test_the_feed_refuses_what_cannot_work_together():
+    from types import SimpleNamespace
+
+    from sewer_hf.errors import ConfigError
+    from sewer_hf.feed.pipeline import resolve_feed
+
+    with pytest.raises(ConfigError, match="decode_on_device .* needs feed=auto, batched or batched_thread"):
+        resolve_feed(SimpleNamespace(feed="per_image", gradient_accumulation_steps=1, decode_on_device=True),
+                     torch.device("cpu"))
+    with pytest.raises(ConfigError, match="feed=batched_thread with gradient_accumulation_steps=4"):
+        resolve_feed(SimpleNamespace(feed="batched_thread", gradient_accumulation_steps=4, decode_on_device=False),
+                     torch.device("cuda"))

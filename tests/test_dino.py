@@ -9,15 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sewer_hf.models.dino import (
-    DINOLoss,
-    cancel_last_layer_gradients,
-    cosine_schedule,
-    ema_update,
-    param_groups,
-    rankme,
-)
+from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients, rankme
 from sewer_hf.models.vit import DINOHead, MultiCropWrapper
+from sewer_hf.train.optim import cosine_schedule, ema_update, param_groups
 
 
 def hand_loss(student, teacher, center, n_crops, n_global, t_temp, s_temp=0.1, skip_same=True):

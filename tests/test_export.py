@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from sewer_hf.data.labels import CLASSES, SEWER_MEAN, SEWER_STD
 from sewer_hf.errors import ConfigError
 from sewer_hf.models.hf_export import (
     load_classifier_thresholds,
@@ -15,7 +16,6 @@ from sewer_hf.models.hf_export import (
     timm_to_hf_state_dict,
     vit_config_from_timm,
 )
-from sewer_hf.data.labels import CLASSES, SEWER_MEAN, SEWER_STD
 from sewer_hf.models.vit import build_classifier, create_backbone
 
 TOL = 1e-4

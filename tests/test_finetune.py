@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sewer_hf.config import FinetuneConfig, load_config
 from sewer_hf.data import labels as L
-from sewer_hf.config import FinetuneConfig
-from sewer_hf.train.finetune import finetune, multistep_lr
+from sewer_hf.train.finetune import finetune
+from sewer_hf.train.optim import multistep_lr
 
 TINY = dict(image_size=32, batch_size=8, num_workers=0, report_to="none", log_every=1, base_lr=5e-3,
             drop_path_rate=0.0, epochs=2, lr_milestones=(1, 2))
@@ -62,8 +63,8 @@ def test_warmup_rises_linearly_then_follows_multistep():
 
 
 def test_thresholds_are_fitted_on_held_out_train_rows_never_trained_on(tiny_data):
-    from sewer_hf.train.finetune import split_holdout
     from sewer_hf.data.sources import load_split
+    from sewer_hf.train.finetune import split_holdout
 
     train_hf = load_split(tiny_data, "Train", labelled=True)
     kept, held = split_holdout(train_hf, FinetuneConfig(**TINY, threshold_holdout=0.25))
@@ -92,8 +93,8 @@ def test_finetune_exports_a_stock_pipeline_classifier(tiny_data, backbone_dir, t
     assert len(epochs) == 2 and all("holdout_mAP" in r and not any(k.startswith("val_") for k in r) for r in epochs)
     assert max(epochs, key=lambda r: r["selection_F2_CIW"])["epoch"] == report["epoch"]
 
-    from transformers import AutoConfig, AutoModelForImageClassification, pipeline
     from PIL import Image
+    from transformers import AutoConfig, AutoModelForImageClassification, pipeline
 
     config = AutoConfig.from_pretrained(out / "classifier")
     assert config.problem_type == "multi_label_classification"
@@ -167,7 +168,7 @@ def test_fraction_and_resume_from_scratch(tiny_data, tmp_path):
 
 
 def test_weight_average_forgets_the_init_then_averages_at_its_decay():
-    from sewer_hf.train.finetune import WeightAverage
+    from sewer_hf.train.optim import WeightAverage
 
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
@@ -200,17 +201,17 @@ def test_prior_logits_minimise_the_weighted_loss_among_constants():
 
 
 def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_path, capsys):
-    """gpu_augment (forced on, here on the CPU, with float16 colour ops): workers only decode;
+    """The batched feed (here on the CPU, with float16 colour ops): workers only decode;
     the batched fine-tuning augmentation draws from a generator keyed by epoch and batch, so a
     resumed run matches, and so does one whose batches were prepared ahead in the feed thread."""
-    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, gpu_augment=True, gpu_augment_dtype="float16",
+    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, augment_dtype="float16",
                   threshold_holdout=0.0)
-    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full"), device_feed="thread"))
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full"), feed="batched_thread"))
     assert "augmentation batched on the CPU, the next batches prepared in a background thread;" in capsys.readouterr().out
-    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4, device_feed="inline"))
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4, feed="batched"))
     threads = torch.get_num_threads()  # the recipe set them: the cores, no loader workers (0 in TINY)
     assert f"augmentation batched on the CPU; {threads} torch thread(s), 0 loader worker(s)" in capsys.readouterr().out
-    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest", device_feed="thread"))
+    finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest", feed="batched_thread"))
     a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000006" / "model.safetensors"))
     b = load_file(str(tmp_path / "split" / "checkpoints" / "step_00000006" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
@@ -221,7 +222,7 @@ def test_batch_augmentation_on_the_device_path_resumes_exactly(tiny_data, tmp_pa
 def test_augment_generator_differs_per_batch_and_process():
     from types import SimpleNamespace
 
-    from sewer_hf.train.run import augment_generator
+    from sewer_hf.feed.pipeline import augment_generator
 
     rank0 = SimpleNamespace(device=torch.device("cpu"), process_index=0)
     rank1 = SimpleNamespace(device=torch.device("cpu"), process_index=1)
@@ -231,16 +232,18 @@ def test_augment_generator_differs_per_batch_and_process():
     assert not torch.equal(draws[0], torch.rand(4, generator=augment_generator(7, 0, 1, rank1)))
 
 
-def test_feed_thread_needs_device_augmentation_and_no_accumulation(tiny_data, tmp_path):
+def test_feed_thread_needs_no_accumulation_and_old_feed_keys_are_named(tiny_data, tmp_path):
     from sewer_hf.errors import ConfigError
 
     cfg = FinetuneConfig(**{**TINY, "gradient_accumulation_steps": 2}, data=tiny_data, output_dir=str(tmp_path / "x"),
-                         gpu_augment=True, device_feed="thread")
-    with pytest.raises(ConfigError, match="device_feed=thread with gradient_accumulation_steps=2"):
+                         feed="batched_thread")
+    with pytest.raises(ConfigError, match="feed=batched_thread with gradient_accumulation_steps=2"):
         finetune(cfg)
-    cfg = FinetuneConfig(**TINY, data=tiny_data, output_dir=str(tmp_path / "y"), gpu_augment=False, device_feed="thread")
-    with pytest.raises(ConfigError, match="device_feed=thread .* needs gpu_augment"):
-        finetune(cfg)
+    # the settings of earlier versions are refused with what replaced them
+    with pytest.raises(ConfigError, match="option --device_feed was replaced by --feed .thread -> feed: batched_thread"):
+        load_config(FinetuneConfig, None, {"device_feed": "thread"})
+    with pytest.raises(ConfigError, match="option --gpu_augment was replaced by --feed .false -> feed: per_image"):
+        load_config(FinetuneConfig, None, {"gpu_augment": "false"})
 
 
 def test_images_decoded_on_the_device_skip_a_corrupt_one(tiny_data, tmp_path, capsys):
@@ -253,8 +256,8 @@ def test_images_decoded_on_the_device_skip_a_corrupt_one(tiny_data, tmp_path, ca
     shutil.copytree(tiny_data, data)
     first = (data / "SewerML_Train.csv").read_text().splitlines()[1].split(",")[0]
     (data / first).write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    cfg = FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "ft"), gpu_augment=True,
-                         decode_on_device=True, device_feed="thread", threshold_holdout=0.0)  # all 48 train
+    cfg = FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "ft"),
+                         decode_on_device=True, feed="batched_thread", threshold_holdout=0.0)  # all 48 train
     result = finetune(cfg)
     assert "images decoded there" in capsys.readouterr().out
     assert result["skipped_images"] == TINY["epochs"]  # 48 frames, batch 8: every frame in every epoch
@@ -263,6 +266,6 @@ def test_images_decoded_on_the_device_skip_a_corrupt_one(tiny_data, tmp_path, ca
 
     from sewer_hf.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="decode_on_device .* needs gpu_augment"):
-        finetune(FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "x"), gpu_augment=False,
+    with pytest.raises(ConfigError, match="decode_on_device .* needs feed=auto, batched or batched_thread, not feed=per_image"):
+        finetune(FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "x"), feed="per_image",
                                 decode_on_device=True))

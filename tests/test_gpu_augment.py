@@ -12,9 +12,9 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 import sewer_hf.feed.batched as G
-from sewer_hf.feed.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform
-from sewer_hf.errors import DataError
 from sewer_hf.data.labels import SEWER_MEAN, SEWER_STD
+from sewer_hf.errors import DataError
+from sewer_hf.feed.augment import FinetuneAugConfig, PretrainAugConfig, PretrainTransform
 
 MEAN = torch.tensor(SEWER_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(SEWER_STD).view(1, 3, 1, 1)

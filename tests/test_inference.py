@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sewer_hf.data.labels import CLASSES
 from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.models.hf_export import save_classifier
-from sewer_hf.data.labels import CLASSES
 from sewer_hf.models.vit import build_classifier, create_backbone
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
@@ -313,8 +313,9 @@ def test_bf16_check_lets_auto_time_bf16_only_with_native_bf16(classifier_dir, tm
     import json
     import shutil
 
-    from sewer_hf.inference import quantize as Q
+    import sewer_hf.inference.predict as P
     from sewer_hf.cli import main
+    from sewer_hf.inference import precision as Q
     from sewer_hf.inference.predict import precision_candidates
 
     monkeypatch.setenv("SEWER_HF_CACHE", str(tmp_path / "cache"))
@@ -330,14 +331,14 @@ def test_bf16_check_lets_auto_time_bf16_only_with_native_bf16(classifier_dir, tm
     (model / Q.BF16_CHECK_FILE).write_text(json.dumps(dict(check, passed=True)))
     onnx_file = model / "model.onnx"
 
-    monkeypatch.setattr(Q, "native_bf16", lambda flags=None: False)  # this machine: AVX2 only
+    monkeypatch.setattr(P, "native_bf16", lambda flags=None: False)  # this machine: AVX2 only
     assert precision_candidates(onnx_file, "cpu", model_dir=model) == [("onnx", "fp32")]
-    monkeypatch.setattr(Q, "native_bf16", lambda flags=None: True)  # as on a CPU with AMX / AVX512-BF16
+    monkeypatch.setattr(P, "native_bf16", lambda flags=None: True)  # as on a CPU with AMX / AVX512-BF16
     assert precision_candidates(onnx_file, "cpu", model_dir=model) == [("onnx", "fp32"), ("torch", "bf16")]
     assert precision_candidates(onnx_file, "cpu", backend="onnx", model_dir=model) == [("onnx", "fp32")]
     # auto times the candidates and keeps the fastest: here bf16 is made to win
     timings = iter([0.002, 0.001])  # s/img of fp32, then bf16 (the candidates' order)
-    monkeypatch.setattr(Q, "time_scorer", lambda score, size: (score(torch.zeros(1, 3, *size[::-1], dtype=torch.uint8)),
+    monkeypatch.setattr(P, "time_scorer", lambda score, size: (score(torch.zeros(1, 3, *size[::-1], dtype=torch.uint8)),
                                                                next(timings))[1])
     clf = SewerClassifier(model, device="cpu", backend="auto", precision="auto")
     assert (clf.backend, clf.precision) == ("torch", "bf16") and "bf16" in clf.choice

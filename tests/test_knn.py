@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from sewer_hf.data.labels import NUM_CLASSES
 from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.models.knn import extract_features, knn_evaluate, knn_scores
-from sewer_hf.data.labels import NUM_CLASSES
 
 
 def _label_sets() -> list[tuple[int, ...]]:

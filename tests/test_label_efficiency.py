@@ -28,7 +28,7 @@ TINY = {
                  "hidden_dim": 32, "bottleneck_dim": 16,
                  # the device-side feed thread on 2 processes (gloo): the loader is read in the thread
                  # (accelerate syncs its RNG when it starts) while the training thread all-reduces
-                 "device_feed": "thread", "save_rank_states": True},
+                 "feed": "batched_thread", "save_rank_states": True},
     "finetune": {"image_size": 32, "batch_size": 16, "epochs": 1, "warmup_epochs": 0, "lr_milestones": [1],
                  "threshold_holdout": 0.0, "save_every_steps": 1000},
 }

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sewer_hf.errors import DataError
 from sewer_hf.data.labels import CIW, CLASSES
+from sewer_hf.errors import DataError
 from sewer_hf.metrics import (
-    constant_baseline,
     average_precision,
     compute_metrics,
+    constant_baseline,
     f2_ciw_from_per_class,
     load_metric,
     read_scores_csv,

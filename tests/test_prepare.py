@@ -13,9 +13,9 @@ from PIL import Image
 
 from sewer_hf import cli
 from sewer_hf.data import load_image_dataset, load_sewer_ml
-from sewer_hf.errors import DataError
-from sewer_hf.data.prepare import prepare_split
 from sewer_hf.data.labels import CLASSES
+from sewer_hf.data.prepare import prepare_split
+from sewer_hf.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRAIN_CSV = FIXTURES / "SewerML_Train.csv"

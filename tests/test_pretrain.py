@@ -120,10 +120,10 @@ def _launch(tiny_data, out, nproc, batch_size, *extra):
 def test_two_processes_match_one_process(tiny_data, tmp_path):
     # per-image seeded augmentation (the batched one draws per process, so its views depend on
     # the process count): then 2 processes x 4 images train exactly what 1 process x 8 does
-    _launch(tiny_data, tmp_path / "two", 2, 4, "--gpu_augment=false")
+    _launch(tiny_data, tmp_path / "two", 2, 4, "--feed=per_image")
     # the one-process reference runs in this process (a third interpreter start buys nothing)
     run(tiny_data, tmp_path / "one", epochs=1, max_steps=3, drop_path_rate=0, knn_eval=False, rankme_samples=0,
-        save_rank_states=True, gpu_augment=False)
+        save_rank_states=True, feed="per_image")
     r0 = load_file(str(tmp_path / "two" / "rank_states" / "rank0.safetensors"))
     r1 = load_file(str(tmp_path / "two" / "rank_states" / "rank1.safetensors"))
     one = load_file(str(tmp_path / "one" / "rank_states" / "rank0.safetensors"))
@@ -137,11 +137,11 @@ def test_two_processes_match_one_process(tiny_data, tmp_path):
 def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
     """The GPU path (workers decode to uint8, views drawn batched) runs on any device, and the
     feed thread (batches augmented ahead, in the background) trains exactly the same steps."""
-    common = dict(epochs=1, gpu_augment=True, decode_size=48, knn_eval=False, rankme_samples=0, save_every_steps=5)
-    result = run(tiny_data, tmp_path / "gpuaug", device_feed="inline", **common)
+    common = dict(epochs=1, decode_size=48, knn_eval=False, rankme_samples=0, save_every_steps=5)
+    result = run(tiny_data, tmp_path / "gpuaug", feed="batched", **common)
     lines = [json.loads(l) for l in (tmp_path / "gpuaug" / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == 5 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
-    run(tiny_data, tmp_path / "thread", device_feed="thread", **common)
+    run(tiny_data, tmp_path / "thread", feed="batched_thread", **common)
     inline = load_file(str(tmp_path / "gpuaug" / "checkpoints" / "step_00000005" / "model.safetensors"))
     thread = load_file(str(tmp_path / "thread" / "checkpoints" / "step_00000005" / "model.safetensors"))
     assert all(torch.equal(inline[k], thread[k]) for k in inline)
@@ -150,8 +150,8 @@ def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
 def test_images_decoded_on_the_device_feed_the_views(tiny_data, tmp_path):
     """decode_on_device with hybrid labels: workers hand over the files' bytes, the feed decodes
     them to decode_size squares and augments them."""
-    result = run(tiny_data, tmp_path / "decoded", epochs=1, gpu_augment=True, decode_on_device=True, decode_size=48,
-                 device_feed="thread", hybrid=True, knn_eval=False, rankme_samples=0)
+    result = run(tiny_data, tmp_path / "decoded", epochs=1, decode_on_device=True, decode_size=48,
+                 feed="batched_thread", hybrid=True, knn_eval=False, rankme_samples=0)
     lines = [json.loads(l) for l in (tmp_path / "decoded" / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == 5 and result["skipped_images"] == 0
     assert all(math.isfinite(r["loss"]) and r["bce"] > 0 for r in lines if "loss" in r)
@@ -161,7 +161,7 @@ def test_compiled_device_augmentation_trains_in_the_feed_thread(tiny_data, tmp_p
     """compile_augment: the augmentation is torch.compiled (inductor, on the CPU here) and
     called from the feed thread."""
     torch._dynamo.reset()  # no graphs left from other tests' shapes
-    result = run(tiny_data, tmp_path / "compiled", epochs=1, gpu_augment=True, compile_augment=True, device_feed="thread",
+    result = run(tiny_data, tmp_path / "compiled", epochs=1, compile_augment=True, feed="batched_thread",
                  decode_size=48, knn_eval=False, rankme_samples=0)
     lines = [json.loads(l) for l in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
     assert result["steps"] == 5 and all(math.isfinite(r["loss"]) for r in lines if "loss" in r)
@@ -183,7 +183,7 @@ def test_hybrid_mode_adds_the_weighted_bce_and_logs_to_tensorboard(tiny_data, tm
 
 
 def test_collapse_warning():
-    from sewer_hf.train.pretrain import collapse_warning, teacher_entropy
+    from sewer_hf.models.dino import collapse_warning, teacher_entropy
 
     uniform = torch.zeros(8, 64)
     assert teacher_entropy(uniform, torch.zeros(1, 64), 0.04) == pytest.approx(math.log(64), rel=1e-5)

@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sewer_hf.errors import ConfigError
 from sewer_hf.data.labels import CLASSES
 from sewer_hf.data.sampling import stratified_fraction
+from sewer_hf.errors import ConfigError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sewerml_val_rows.csv"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sewer_hf.errors import DataError
 from sewer_hf.data.sources import has_split, load_split
+from sewer_hf.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -4,7 +4,6 @@ the built folder started where the checkout is not importable, the upload to a f
 the page in a real headless Chromium."""
 import json
 import os
-from html import escape
 import socket
 import struct
 import subprocess
@@ -13,6 +12,7 @@ import tempfile
 import threading
 import time
 import zlib
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -352,9 +352,9 @@ def _free_port() -> int:
 def test_built_space_starts_without_the_checkout_and_answers(space_folder, tmp_path):
     """`python app.py` in the built folder, with the checkout off sys.path: no site (so not the
     editable install's .pth), the third-party packages only, cwd outside the repository."""
-    from gradio_client import Client, handle_file
-
     import sysconfig
+
+    from gradio_client import Client, handle_file
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MODEL_ID", "GRADIO"))}

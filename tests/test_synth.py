@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from sewer_hf.cli import main as cli_main
-from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.data.labels import CLASSES, CSV_COLUMNS, FRAME_SIZES
+from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.synth import generate_dataset, load_label_table, render_frame, sample_labels
 
 SMALL = (176, 144)

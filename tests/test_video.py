@@ -10,8 +10,8 @@ import pytest
 
 from sewer_hf.data import labels as L
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.inference.video import find_segments, scan_footage, smooth_scores
 from sewer_hf.inference.report import match_events, random_placement_baseline, write_report
+from sewer_hf.inference.video import find_segments, scan_footage, smooth_scores
 
 FOOTAGE_SECONDS = 8
 
@@ -283,8 +283,8 @@ def _render_footage_frames(n_per_group, image_size, seed):
     import torch
     from PIL import Image
 
-    from sewer_hf.synth.footage import FOOTAGE_CLASSES
     from sewer_hf.synth import render_frame
+    from sewer_hf.synth.footage import FOOTAGE_CLASSES
 
     rng = np.random.default_rng(seed)
     groups = [[]] + [[c] for c in FOOTAGE_CLASSES]
@@ -311,8 +311,8 @@ def _train_footage_model(out_dir, image_size=32, per_group=200, epochs=11, peak_
     import torch
     import torch.nn.functional as F
 
-    from sewer_hf.models.hf_export import save_classifier
     from sewer_hf.metrics import tune_thresholds
+    from sewer_hf.models.hf_export import save_classifier
     from sewer_hf.models.vit import create_backbone
 
     x, y = _render_footage_frames(per_group, image_size, seed)
@@ -346,8 +346,8 @@ def _train_footage_model(out_dir, image_size=32, per_group=200, epochs=11, peak_
 
 @pytest.mark.slow  # about 80 s on an idle 2-core machine (training dominates)
 def test_smoke_trained_model_finds_events_above_chance(tmp_path):
-    from sewer_hf.synth.footage import read_events, write_footage
     from sewer_hf.inference.predict import SewerClassifier
+    from sewer_hf.synth.footage import read_events, write_footage
 
     video = tmp_path / "long.mp4"
     truth = write_footage(video, 40, seed=11, fps=4, size=(176, 144))

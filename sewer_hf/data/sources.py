@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sewer_hf import synth
+from sewer_hf.data import find_annotation_csv, find_prepared_shards, load_image_dataset
+from sewer_hf.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,8 +24,6 @@ def synthetic_data_dir(cfg) -> Path:
 
 
 def ensure_synthetic_data(cfg, accelerator) -> str:
-    from sewer_hf import synth
-
     root = synthetic_data_dir(cfg)
     with accelerator.main_process_first():
         if accelerator.is_main_process and not (root / ".complete").exists():
@@ -36,7 +38,6 @@ def ensure_synthetic_data(cfg, accelerator) -> str:
 def has_split(data: str, split: str) -> bool:
     """Whether `data` is a Sewer-ML root or prepared-shards folder that holds `split`. Other
     sources (image folders, Parquet files, saved datasets) have no separate held-out split."""
-    from sewer_hf.data import find_annotation_csv, find_prepared_shards
 
     root = Path(data)
     return root.is_dir() and (find_annotation_csv(root, split) is not None or bool(find_prepared_shards(root, split)))
@@ -46,8 +47,6 @@ def load_split(data: str, split: str, labelled: bool, required: bool = True):
     """An HF dataset with an `image` column (and `labels` when `labelled`). With
     `required=False` a split that `data` does not have gives None (callers then fall back,
     e.g. to a slice of train); a split that exists but is malformed is still an error."""
-    from sewer_hf.data import load_image_dataset
-    from sewer_hf.errors import DataError
 
     if not required and not has_split(data, split):
         return None

@@ -30,7 +30,7 @@ class SewerTorchDataset(torch.utils.data.Dataset):
     may return a list of tensors (several views); it is passed through unchanged.
     ``encoded=True``: ``"encoded"`` (the file's bytes, a 1-d uint8 numpy array; the collate
     keeps them as a list) instead of ``"pixel_values"``; nothing is decoded here
-    (``TrainState.epoch_batches`` decodes the batch on the training device).
+    (``sewer_hf.feed.pipeline.train_batches`` decodes the batch on the training device).
     """
 
     def __init__(self, hf_dataset, transform=None, with_labels: bool = True, encoded: bool = False):

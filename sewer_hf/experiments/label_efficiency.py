@@ -18,29 +18,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import yaml
-from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 
+from sewer_hf import __version__
 from sewer_hf.atomic import write_json_atomically
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
-from sewer_hf.train.finetune import finetune
+from sewer_hf.experiments.quickstart import prepare_shards, shipped_config
+from sewer_hf.experiments.stages import Stages, process_state
 from sewer_hf.feed.machine import available_cores
 from sewer_hf.metrics import LEARNED_BAR, constant_baseline, learned, read_annotation_targets
-from sewer_hf.train.pretrain import pretrain
-from sewer_hf.experiments.quickstart import shipped_config, prepare_shards
 from sewer_hf.synth import generate_dataset
+from sewer_hf.train.finetune import finetune
+from sewer_hf.train.pretrain import pretrain
 from sewer_hf.train.run import runs_share_the_launch
 
 ARMS = {  # name -> (label, uses the DINO backbone, linear probe)
@@ -122,62 +121,7 @@ def git_commit() -> str:
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        from sewer_hf import __version__
-
         return f"sewer_hf {__version__} (not a git checkout)"
-
-
-def process_state() -> PartialState:
-    """This process's place under `accelerate launch`, built as the recipes' Accelerator builds it:
-    a bare PartialState() ignores ACCELERATE_USE_CPU, so 2 CPU processes would each think they
-    were alone, and the Accelerator made later would inherit that."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-class Stages:
-    """Runs named stages once: `<out>/<name>/stage.json` marks a finished one (written atomically by
-    the main process), and prints progress with an ETA weighted by each stage's image count."""
-
-    def __init__(self, out: Path, total_cost: float) -> None:
-        self.out, self.total, self.done_cost, self.spent = out, total_cost, 0.0, 0.0
-        self.state = process_state()
-        self.start = time.perf_counter()
-
-    def run(self, name: str, cost: float, fn: Callable[[], dict[str, Any]], config_hash: str | None = None):
-        marker = self.out / name / "stage.json"
-        if marker.is_file():
-            done = json.loads(marker.read_text())
-            if config_hash and done.get("config_hash") not in (None, config_hash):
-                raise ConfigError(
-                    f"{marker}: this finished run was made with config {done['config_hash']}, the experiment now "
-                    f"asks for {config_hash}; remove {marker.parent} to redo it, or use another --out")
-            self.state.print(f"[label-efficiency] {name}: reusing the finished run ({marker})")
-            return done
-        self.state.print(f"[label-efficiency] {name} ...", flush=True)
-        began = time.perf_counter()
-        result = fn() or {}
-        result["seconds"] = round(time.perf_counter() - began, 1)
-        if config_hash:
-            result["config_hash"] = config_hash
-        if self.state.is_main_process:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomically(result, marker, indent=2)
-        self.state.wait_for_everyone()
-        result = json.loads(marker.read_text())  # every process: what the main process recorded
-        self.done_cost += cost
-        self.spent += result["seconds"]
-        left = max(self.total - self.done_cost, 0.0)
-        eta = self.spent / self.done_cost * left if self.done_cost else float("nan")
-        self.state.print(f"[label-efficiency] {name}: done in {_minutes(result['seconds'])}; "
-                         f"{100 * self.done_cost / max(self.total, 1e-9):.0f} % of the work, "
-                         f"elapsed {_minutes(time.perf_counter() - self.start)}, ETA {_minutes(eta)}", flush=True)
-        return result
-
-
-def _minutes(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def make_data(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -264,7 +208,7 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
     for arm, fraction, seed in plan:
         if pending(run_name(arm, fraction, seed)):
             total += run_cost(arm_config(spec, arm, fraction, seed, "<data>", "<backbone>", out), d["pool"])
-    stages = Stages(out, total)
+    stages = Stages(out, "label-efficiency", total)
 
     def data_stage():
         result = make_data(spec, out / "data") if state.is_main_process else {}
@@ -272,7 +216,7 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
         return result
 
     data_hash = hashlib.sha256(json.dumps(spec["data"], sort_keys=True).encode()).hexdigest()[:12]
-    data = stages.run("data", 0.0, data_stage, data_hash)
+    data = stages.run("data", data_stage, 0.0, data_hash)
     _, test_targets = read_annotation_targets(data["test_annotations"])
     baseline = constant_baseline(test_targets)
 
@@ -287,7 +231,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
     """Pretraining, then every (arm, fraction, seed) run scored on the test set; results.json and plots."""
     d = spec["data"]
     pre_cfg = pretrain_config(spec, data["pool"], out)
-    pre = stages.run("pretrain", COST["pretrain"] * pre_cfg.epochs * d["pool"], lambda: pretrain(pre_cfg),
+    pre = stages.run("pretrain", lambda: pretrain(pre_cfg), COST["pretrain"] * pre_cfg.epochs * d["pool"],
                      config_hash(pre_cfg))
 
     runs = []
@@ -306,7 +250,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
             return {"train_seconds": round(train_seconds, 1), "test": test, "best_epoch": trained.get("best_epoch"),
                     "commit": commit}
 
-        done = stages.run(name, run_cost(cfg, d["pool"]), train_and_score, config_hash(cfg))
+        done = stages.run(name, train_and_score, run_cost(cfg, d["pool"]), config_hash(cfg))
         n_labelled, digest = subset_digest(out / name)
         runs.append({"arm": arm, "label": ARMS[arm][0], "fraction": fraction, "seed": seed,
                      "labelled_frames": n_labelled, "subset_sha256": digest,

@@ -15,11 +15,19 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from sewer_hf.cli import main as cli
+from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.data import labels as L
-from sewer_hf.atomic import write_json_atomically
+from sewer_hf.experiments.stages import Stages
 from sewer_hf.feed.machine import available_cores
+from sewer_hf.hub.publish import push_model
+from sewer_hf.metrics import LEARNED_BAR, beats_baseline, constant_baseline, learned, read_annotation_targets
+from sewer_hf.synth import generate_dataset, render_frame
+from sewer_hf.synth.footage import FOOTAGE_CLASSES
+from sewer_hf.train.finetune import finetune
+from sewer_hf.train.pretrain import pretrain
 
 # More defect frames than Sewer-ML's 47 %, so that the val frames hold positives of most classes.
 DEFECT_FRACTION = 0.6
@@ -41,24 +49,6 @@ def shipped_config(name: str) -> str:
     return str(resources.files("sewer_hf") / "resources" / "configs" / name)
 
 
-def run_stage(out: Path, name: str, fn: Callable[[], dict[str, Any]], timings: dict[str, float]) -> dict[str, Any]:
-    marker = out / name / "stage.json"
-    if marker.is_file():
-        done = json.loads(marker.read_text())
-        print(f"[quickstart] {name}: reusing the finished stage ({marker})")
-        timings[name] = done.get("seconds", 0.0)
-        return done
-    print(f"[quickstart] {name} ...", flush=True)
-    start = time.perf_counter()
-    result = fn()
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    timings[name] = result["seconds"]
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(result, marker, indent=2)
-    print(f"[quickstart] {name}: done in {result['seconds']:.0f} s", flush=True)
-    return result
-
-
 def synthetic_prepared_data(folder: Path, n_train: int, n_val: int, seed: int = 0) -> tuple[Path, Path]:
     """Synthetic Sewer-ML frames in `folder/raw`, and `sewer-hf prepare` shards of them at the
     smoke configs' training size in `folder/prepared` (each step skipped when already done)."""
@@ -72,7 +62,6 @@ def synthetic_prepared_data(folder: Path, n_train: int, n_val: int, seed: int = 
 
 def generate_synthetic(folder: Path, n_train: int, n_val: int, seed: int) -> dict[str, Any]:
     """The quickstart's synthetic Sewer-ML frames, rendered on every core."""
-    from sewer_hf.synth import generate_dataset
 
     return generate_dataset(folder, n_train, n_val, seed=seed, size=FRAME_SIZE, defect_fraction=DEFECT_FRACTION,
                             progress=True, overwrite=True, workers=available_cores())
@@ -80,7 +69,6 @@ def generate_synthetic(folder: Path, n_train: int, n_val: int, seed: int) -> dic
 
 def prepare_shards(raw: Path, prepared: Path, size: int = PREPARED_SIZE, splits: tuple[str, ...] = ("Train", "Val")) -> None:
     """The user's own command: each split resized once to the training size (the smoke configs')."""
-    from sewer_hf.cli import main as cli
 
     for split in splits:
         cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared), "--size", str(size)])
@@ -88,27 +76,24 @@ def prepare_shards(raw: Path, prepared: Path, size: int = PREPARED_SIZE, splits:
 
 def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: int = 512, seed: int = 0,
                pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> dict[str, Any]:
-    from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-    from sewer_hf.train.finetune import finetune
-    from sewer_hf.train.pretrain import pretrain
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data, prepared = out / "data", out / "prepared"
-    timings: dict[str, float] = {}
+    stages = Stages(out, "quickstart")
     wall = time.perf_counter()
 
     def make_data():
         info = generate_synthetic(data, n_train, n_val, seed)
         return {"data": str(data), "train": n_train, "val": n_val, "info": info}
 
-    run_stage(out, "data", make_data, timings)
+    stages.run("data", make_data)
 
     def prepare_stage():  # frames resized once to the training size, as a user with real data would
         prepare_shards(data, prepared)
         return {"prepared": str(prepared), "size": PREPARED_SIZE}
 
-    run_stage(out, "prepare", prepare_stage, timings)
+    stages.run("prepare", prepare_stage)
     # a stage interrupted mid-run resumes from its last checkpoint (a fresh one starts anew)
     common = {"data": str(prepared), "seed": seed, "report_to": "none", "resume_from_checkpoint": "latest"}
 
@@ -119,7 +104,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
                 "knn_max_train": KNN_TRAIN}
         return pretrain(load_config(PretrainConfig, shipped_config("smoke_dino.yaml"), over))
 
-    dino = run_stage(out, "dino", pretrain_stage, timings)
+    dino = stages.run("dino", pretrain_stage)
 
     def finetune_stage(name: str, backbone: str | None):
         def fn():
@@ -129,15 +114,13 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
             return finetune(load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), over))
         return fn
 
-    run_stage(out, "ssl_finetune", finetune_stage("ssl_finetune", dino["backbone"]), timings)
-    run_stage(out, "supervised", finetune_stage("supervised", None), timings)
-    evaluation = run_stage(out, "evaluate", lambda: evaluate_stage(out, data), timings)
-    pipe = run_stage(out, "pipeline", lambda: pipeline_stage(out, seed), timings)
+    stages.run("ssl_finetune", finetune_stage("ssl_finetune", dino["backbone"]))
+    stages.run("supervised", finetune_stage("supervised", None))
+    evaluation = stages.run("evaluate", lambda: evaluate_stage(out, data))
+    pipe = stages.run("pipeline", lambda: pipeline_stage(out, seed))
 
     def push_stage():  # the Hub repo folder `sewer-hf push` would upload (dry run: no token, no network)
         import shutil
-
-        from sewer_hf.hub.publish import push_model
 
         folder = out / "hub_dry_run"
         shutil.rmtree(folder, ignore_errors=True)  # left half-written by an interrupted run
@@ -145,12 +128,12 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
                             dry_run=True, out_dir=folder, synthetic=True)
         return {"folder": str(folder), "files": result.files}
 
-    hub = run_stage(out, "push", push_stage, timings)
+    hub = stages.run("push", push_stage)
 
     summary = {
         **{name: evaluation[name] for name, _ in CLASSIFIERS},
         "constant_baseline": evaluation["constant_baseline"],
-        "knn": dino.get("knn"), "pipeline": pipe["frames"], "stage_seconds": timings,
+        "knn": dino.get("knn"), "pipeline": pipe["frames"], "stage_seconds": stages.seconds,
         "total_seconds": round(time.perf_counter() - wall, 1),
         "hub_dry_run": hub["folder"],
         "note": "Synthetic data: these numbers are not Sewer-ML numbers.",
@@ -164,8 +147,6 @@ def evaluate_stage(out: Path, data: Path) -> dict[str, Any]:
     """The user's own commands: `sewer-hf predict`, then `sewer-hf evaluate` at the benchmark's
     0.5 and at the thresholds each classifier ships (fitted on a held-out part of train, not on
     Val), next to the constant-predictor baseline of the same Val frames."""
-    from sewer_hf.cli import main as cli
-    from sewer_hf.metrics import beats_baseline, constant_baseline, learned, read_annotation_targets
 
     annotations = data / "SewerML_Val.csv"
     baseline = constant_baseline(read_annotation_targets(annotations)[1])
@@ -193,8 +174,6 @@ def pipeline_stage(out: Path, seed: int) -> dict[str, Any]:
     import numpy as np
     from transformers import pipeline
 
-    from sewer_hf.synth.footage import FOOTAGE_CLASSES
-    from sewer_hf.synth import render_frame
 
     clf = pipeline("image-classification", model=str(out / "ssl_finetune" / "classifier"), top_k=L.NUM_CLASSES)
     config = clf.model.config
@@ -218,8 +197,6 @@ def pipeline_stage(out: Path, seed: int) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from sewer_hf.metrics import LEARNED_BAR
-
     base = summary["constant_baseline"]
     print("\n| run (synthetic Val) | thresholds | F2_CIW | F1_Normal | mAP |")
     print("| --- | --- | --- | --- | --- |")

@@ -1,7 +1,7 @@
 """The paper's augmentations (App. A) on whole batches of uint8 images on the training device.
 
 The CPU reference (``sewer_hf.feed.augment``, PIL per image) feeds only ~10-25 img/s per core, far
-below what one GPU trains at (SPEC §6). Here every sample of a (B,3,H,W) uint8 batch gets its
+below what one GPU trains at (benchmarks/README.md). Here every sample of a (B,3,H,W) uint8 batch gets its
 own random parameters, drawn as tensors, and each operation is one vectorised torch call over
 the batch: crops, flips and rotations are one ``affine_grid``/``grid_sample`` each, per-sample
 blur is a grouped convolution, equalize/autocontrast use per-image histograms / extrema. There
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sewer_hf.feed.augment import FinetuneAugConfig, PretrainAugConfig, with_overrides
 from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.feed.spec import FinetuneAugConfig, PretrainAugConfig, spec_with
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL and torchvision
 HUE_PROFILES = ((3.0, 2.0, 4.0), (1.0, -1.0, -1.0), (-1.0, 2.0, 2.0))  # per channel: centre, slope, offset
@@ -506,11 +506,8 @@ class GPUPretrainAugment(nn.Module):
         photometric_dtype: str = "auto",
     ) -> None:
         super().__init__()
-        self.config = with_overrides(
-            config or PretrainAugConfig(),
-            size=size, scale=scale, n_local_crops=n_local_crops, local_size=local_size, local_scale=local_scale,
-            mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
-        )
+        self.config = spec_with(config or PretrainAugConfig(), mean, std, size=size, scale=scale,
+                                n_local_crops=n_local_crops, local_size=local_size, local_scale=local_scale)
         self.antialias_prescale = antialias_prescale
         resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
         self.photometric_dtype = photometric_dtype
@@ -601,10 +598,7 @@ class GPUFinetuneAugment(nn.Module):
         photometric_dtype: str = "auto",
     ) -> None:
         super().__init__()
-        self.config = with_overrides(
-            config or FinetuneAugConfig(),
-            size=size, mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
-        )
+        self.config = spec_with(config or FinetuneAugConfig(), mean, std, size=size)
         resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
         self.photometric_dtype = photometric_dtype
         self.normalize = _Normalize(self.config.mean, self.config.std)

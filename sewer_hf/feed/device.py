@@ -2,7 +2,7 @@
 prepares the next batches (in a background thread, on a side CUDA stream) while the training
 step works on the current one.
 
-Decoding PNG frames in DataLoader workers caps what a host feeds (SPEC §6). With JPEG inputs
+Decoding PNG frames in DataLoader workers caps what a host feeds (benchmarks/README.md). With JPEG inputs
 (``sewer-hf prepare --format jpeg``), workers only hand over the encoded bytes (the recipes'
 ``decode_on_device``; ``collate_encoded`` packs them into one block) and the main process
 decodes the whole batch on the GPU with nvjpeg (``decode_batch``: ``torchvision.io.decode_jpeg``

@@ -32,9 +32,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from sewer_hf.synth.dataset import SYNTHETIC_MARKER  # a data folder holding this file is synthetic
 from sewer_hf.data import labels as L
 from sewer_hf.errors import ConfigError, DataError, SewerHFError
+from sewer_hf.synth.dataset import SYNTHETIC_MARKER  # a data folder holding this file is synthetic
 
 CARD_TEMPLATES = "model_cards"  # folder under sewer_hf/resources/
 TRAINING_CONFIG_NAME = "training_config.yaml"

@@ -34,6 +34,7 @@ from typing import Optional
 from sewer_hf.errors import ConfigError, SewerHFError
 from sewer_hf.hub.publish import (
     DRY_RUN_HINT,
+    REAL_DATA_LICENSE,
     PushResult,
     _empty_out_dir,
     _validate_repo_id,
@@ -206,7 +207,6 @@ def build_space_folder(model: str, out_dir: str | os.PathLike, repo_id: str, *, 
                           token=token)
         served, url, synthetic = MODEL_FOLDER, f"https://huggingface.co/spaces/{repo_id}/blob/main/model/README.md", \
             release.synthetic
-        from sewer_hf.hub.publish import REAL_DATA_LICENSE
 
         license = license or (SPACE_LICENSE if release.synthetic else REAL_DATA_LICENSE)
     else:

@@ -38,8 +38,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+import sewer_hf
+from sewer_hf.data import decode_rgb_or_error
 from sewer_hf.data import labels as L
 from sewer_hf.errors import SewerHFError
+from sewer_hf.hub.publish import _arch_title, inspect_model_dir
+from sewer_hf.inference.attention import overlay
+from sewer_hf.inference.predict import SewerClassifier
+from sewer_hf.inference.report import write_report
+from sewer_hf.inference.video import scan_footage
 
 MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", 25_000_000))  # e.g. 5000 x 5000
 MAX_VIDEO_SECONDS = float(os.environ.get("MAX_VIDEO_SECONDS", 600))  # 10 min
@@ -104,8 +111,6 @@ def _card_facts(readme: Path) -> dict[str, Any]:
 
 
 def _pretty_folder_name(folder: Path, config: dict) -> str:
-    from sewer_hf.hub.publish import _arch_title
-
     arch = _arch_title(config, (config.get("sewer_hf") or {}).get("arch"))
     run = folder.parent.name if folder.name == "classifier" else folder.name
     run = run.replace("_", " ").replace("-", " ").strip() or "local"
@@ -134,7 +139,6 @@ def describe_model(model_id: str, url: Optional[str] = None, name: Optional[str]
         if (folder / "README.md").is_file():
             facts = _card_facts(folder / "README.md")
         if not facts:
-            from sewer_hf.hub.publish import inspect_model_dir
 
             try:
                 release = inspect_model_dir(folder)
@@ -184,7 +188,6 @@ class ModelLane:
     def __init__(self, model_id: str, threads: Optional[int] = None) -> None:
         import torch
 
-        from sewer_hf.inference.predict import SewerClassifier
 
         local = Path(model_id)
         if (model_id.startswith((".", "/")) or local.exists()) and not (local / "config.json").is_file():
@@ -286,7 +289,6 @@ def open_checked_image(source, max_pixels: int = MAX_IMAGE_PIXELS):
     alpha images are converted the same way)."""
     from PIL import Image, UnidentifiedImageError
 
-    from sewer_hf.data import decode_rgb_or_error
 
     gr = _gr()
     if source is None:
@@ -360,7 +362,6 @@ def legend_html() -> str:
 def classify_image(image, model_id: Optional[str] = None, max_pixels: int = MAX_IMAGE_PIXELS):
     """-> (verdict HTML, attention overlay image, per-class bars HTML, scores by code as a dict
     {code: {name, score, threshold, flagged}})."""
-    from sewer_hf.inference.attention import overlay
 
     rgb = open_checked_image(image, max_pixels)
     lane = load_lane(model_id or default_model()[0])
@@ -472,8 +473,6 @@ def _summary_html(result, n_events: int, fps: float) -> str:
 def scan_video(path, model_id: Optional[str] = None, max_seconds: float = MAX_VIDEO_SECONDS,
                fps: float = VIDEO_SAMPLE_FPS, progress: bool = False):
     """-> (summary HTML, findings rows, [report.html, timeline.csv, events.json], timeline plot path)."""
-    from sewer_hf.inference.video import scan_footage
-    from sewer_hf.inference.report import write_report
 
     gr = _gr()
     if not path:
@@ -726,7 +725,6 @@ def CheckedImage(**kwargs):  # noqa: N802 - reads like the component it returns
 
 def main(here: Optional[Path] = None) -> None:
     """Build and serve (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT choose the address)."""
-    import sewer_hf
 
     demo = build_demo(here=here)
     print(f"sewer_hf from {Path(sewer_hf.__file__).parent}; model {demo.model_info.name} "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sewer_hf.data import decode_rgb
+
 OVERLAY_ALPHA = 0.5
 OVERLAY_CMAP = "inferno"
 
@@ -49,7 +51,6 @@ def overlay(image, attention: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: st
     import matplotlib
     from PIL import Image
 
-    from sewer_hf.data import decode_rgb
 
     base = decode_rgb(image, strict=True)  # the pixels the scores were computed from
     span = float(attention.max() - attention.min())

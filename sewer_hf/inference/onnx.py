@@ -14,12 +14,12 @@ the batch axis varies.
     sewer-hf export-onnx --model runs/.../classifier [--out model.onnx] [--opset 17]
         [--int8 dynamic|static|none] [--check-data /data/sewer-ml --check-split Val] [--check-frames 256]
 
-With ``--int8`` (default ``dynamic``) it also writes ``model.int8.onnx`` and its accuracy check
+The ``export-onnx`` command lives in ``sewer_hf.inference.quantize``: with ``--int8`` (default
+``dynamic``) it also writes ``model.int8.onnx`` and its accuracy check
 ``model.int8.check.json`` (``sewer_hf.inference.quantize``): what ``--precision int8|auto`` runs.
 """
 from __future__ import annotations
 
-import argparse
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -111,54 +111,13 @@ def onnx_max_abs_diff(model, onnx_path: str | Path, batch: int = 3, seed: int = 
     return float(abs(got - expected).max())
 
 
-def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="exported classifier folder (runs/.../classifier)")
-    parser.add_argument("--out", default=None, help=f"ONNX file (default: <model>/{ONNX_FILENAME}, "
-                                                    "where `sewer-hf predict --backend onnx` finds it)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip the ONNX Runtime vs PyTorch logits check")
-    parser.add_argument("--int8", choices=("dynamic", "static", "none"), default="dynamic",
-                        help="also write <out>.int8.onnx: dynamic (int8 MatMul/Gemm weights, default), static "
-                             "(activation ranges calibrated on synthetic frames) or none; with its accuracy check")
-    parser.add_argument("--check-data", default=None,
-                        help="labelled Sewer-ML root for the int8 accuracy check (default: held-out synthetic frames)")
-    parser.add_argument("--check-split", default="Val", help="split of --check-data (default Val)")
-    parser.add_argument("--check-frames", type=int, default=None, help="frames in the accuracy check (default 256)")
-    parser.add_argument("--bf16-check", choices=("auto", "yes", "no"), default="auto",
-                        help="also check bf16 weights against fp32 on the same frames (<model>/model.bf16.check.json; "
-                             "--precision auto then times bf16 on CPUs with native bf16). auto (default): yes on a "
-                             "CPU with native bf16; elsewhere bf16 runs ~6x slower than fp32 and is never picked, "
-                             "so the check is left out unless asked for (yes: ship it with the model)")
-    parser.set_defaults(func=run_export_onnx)
-
-
-def run_export_onnx(args: argparse.Namespace) -> int:
-    from sewer_hf.inference import quantize as Q
-
-    frames = Q.CHECK_FRAMES if args.check_frames is None else args.check_frames
-    if (args.int8 != "none" or args.bf16_check == "yes") and frames < 1:
-        raise ConfigError(f"--check-frames {frames}: expected a positive number of frames")
-    if args.verify or args.int8 != "none":
-        require_onnxruntime()  # fail before the export, not after
-    path = export_onnx(args.model, args.out, opset=args.opset, verify=args.verify)
-    checked = f" (logits match PyTorch within {PARITY_TOLERANCE})" if args.verify else ""
-    print(f"wrote {path}{checked}")
-    if args.int8 != "none":
-        int8, check = Q.export_int8(args.model, path, args.int8, args.check_data, args.check_split, frames)
-        d = check["delta_points"]
-        verdict = ("passed: offered by --precision int8|auto" if check["passed"] else
-                   "FAILED: --precision int8 will refuse it, auto will not pick it")
-        print(f"wrote {int8} ({args.int8} int8) and {Q.check_path(path)}: on {check['frames']} held-out frames "
-              f"max |dscore| {check['max_abs_score_diff']:.3g}, {100 * check['decisions_changed']:.2f} % of "
-              f"decisions changed, F2_CIW {d['F2_CIW']:+.2f} / F1_Normal {d['F1_Normal']:+.2f} points vs fp32 "
-              f"(bound -{check['bound_points']}): {verdict}")
-    if args.bf16_check == "yes" or (args.bf16_check == "auto" and Q.native_bf16()):
-        path, check = Q.export_bf16_check(args.model, args.check_data, args.check_split, frames)
-        d = check["delta_points"]
-        verdict = ("passed: --precision auto may time it on CPUs with native bf16" if check["passed"] else
-                   "FAILED: auto will not pick bf16")
-        print(f"wrote {path}: bf16 weights on {check['frames']} held-out frames max |dscore| "
-              f"{check['max_abs_score_diff']:.3g}, F2_CIW {d['F2_CIW']:+.2f} / F1_Normal {d['F1_Normal']:+.2f} "
-              f"points vs fp32 (bound -{check['bound_points']}): {verdict}")
-    return 0
+def onnx_session(path: Path, threads: Optional[int]):
+    ort = require_onnxruntime()
+    if not path.is_file():
+        raise DataError(f"{path}: no ONNX model; write one with `sewer-hf export-onnx --model <classifier dir>`")
+    options = ort.SessionOptions()
+    # Idle ORT threads would spin between batches, taking the cores the decode threads need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

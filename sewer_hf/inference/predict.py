@@ -43,8 +43,25 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from sewer_hf.data import MissingImagesError, decode_rgb
 from sewer_hf.data import labels as L
+from sewer_hf.data import load_sewer_ml
 from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.feed.machine import available_cores
+from sewer_hf.inference.onnx import onnx_session
+from sewer_hf.inference.precision import (
+    BF16_CHECK_FILE,
+    cached_choice,
+    int8_path,
+    machine_key,
+    native_bf16,
+    read_bf16_check,
+    read_int8_check,
+    store_choice,
+    time_scorer,
+)
+from sewer_hf.metrics import write_scores_csv
+from sewer_hf.models.hf_export import load_classifier_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +76,6 @@ DEFAULT_WORKERS = None  # decode/resize threads next to a PyTorch model: inferen
 def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
     """(model threads, decode threads) for a PyTorch model: the model takes every core, decoding
     one thread per two cores (it overlaps with the model and needs ~1/4 of its time on ViT-T)."""
-    from sewer_hf.feed.machine import available_cores
 
     cores = cores or available_cores()
     return cores, max(1, cores // 2)
@@ -67,7 +83,6 @@ def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
 
 def inference_lanes(cores: Optional[int] = None) -> int:
     """Batches scored in parallel by an ONNX Runtime model, each on one thread: one per core."""
-    from sewer_hf.feed.machine import available_cores
 
     return max(1, cores or available_cores())
 
@@ -118,7 +133,6 @@ class SewerClassifier:
         import torch
         from transformers import AutoConfig
 
-        from sewer_hf.models.hf_export import load_classifier_thresholds
 
         if backend is None:  # the class's default: PyTorch, unless the precision asks for the ONNX graphs
             backend = {"int8": "onnx", "auto": "auto"}.get(precision, DEFAULT_BACKEND)
@@ -164,11 +178,10 @@ class SewerClassifier:
                 self.model = AutoModelForImageClassification.from_pretrained(self.model_dir).to(self.device, dtype).eval()
             self._dtype = dtype
         else:
-            from sewer_hf.inference.quantize import int8_path
 
             self.model = None
             self.onnx_file = int8_path(onnx_file) if precision == "int8" else onnx_file
-            self._session = _onnx_session(self.onnx_file, threads)
+            self._session = onnx_session(self.onnx_file, threads)
         if lanes is not None and lanes < 1:
             raise ConfigError(f"lanes={lanes}: expected a positive number of batches scored at once")
         if lanes is not None and lanes > 1 and backend != "onnx":
@@ -198,7 +211,6 @@ class SewerClassifier:
         import torch
         import torchvision.transforms.v2.functional as F
 
-        from sewer_hf.data import decode_rgb
 
         image = decode_rgb(image, strict=True)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
@@ -221,7 +233,7 @@ class SewerClassifier:
         """The one-thread session the lanes share (ONNX Runtime's run is thread-safe)."""
         with self._lane_lock:
             if self._lane_session_ is None:
-                self._lane_session_ = _onnx_session(self.onnx_file, 1)
+                self._lane_session_ = onnx_session(self.onnx_file, 1)
             return self._lane_session_
 
     def scores_from_uint8(self, batch, lane: bool = False) -> np.ndarray:
@@ -297,8 +309,6 @@ class SewerClassifier:
                 yield score(start, images, False)
 
     def _load_file(self, path: str):
-        from sewer_hf.data import decode_rgb
-
         image = decode_rgb(path)
         return None if image is None else self.resized(image)
 
@@ -318,7 +328,7 @@ def model_source_errors(model: str):
     """Turn a model that cannot be found or fetched (a missing folder, a Hub id while offline or
     unknown to the Hub) into a DataError that says which and what to do, instead of a traceback
     from deep inside transformers / huggingface_hub."""
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     local = Path(model).expanduser()
     if local.is_dir() and not (local / "config.json").is_file():
@@ -351,7 +361,6 @@ def _auto_backend(onnx_path: Path, device: Optional[str], precision: str) -> str
 
 def _require_int8(onnx_file: Path) -> None:
     """A clear error unless an int8 model that passed its accuracy check sits next to ``onnx_file``."""
-    from sewer_hf.inference.quantize import int8_path, read_int8_check
 
     check = read_int8_check(onnx_file)
     if check is None:
@@ -373,7 +382,6 @@ def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = 
 
     import torch
 
-    from sewer_hf.inference.quantize import native_bf16, read_bf16_check, read_int8_check
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")
@@ -406,7 +414,6 @@ def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Option
     """The fastest candidate on this machine (timed once, then cached), and a line saying so."""
     if len(candidates) == 1:
         return candidates[0], f"auto: {candidates[0][1]} (the only precision allowed here)"
-    from sewer_hf.inference.quantize import BF16_CHECK_FILE, cached_choice, int8_path, machine_key, store_choice, time_scorer
 
     files = [onnx_file, int8_path(onnx_file)] + ([Path(model_dir) / BF16_CHECK_FILE] if model_dir else [])
     key = machine_key(files, threads)
@@ -417,7 +424,7 @@ def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Option
     timings = {}
     for backend, precision in candidates:
         if backend == "onnx":
-            session = _onnx_session(int8_path(onnx_file) if precision == "int8" else onnx_file, threads)
+            session = onnx_session(int8_path(onnx_file) if precision == "int8" else onnx_file, threads)
             shape = session.get_inputs()[0].shape
             size = (int(shape[3]), int(shape[2]))
             score = lambda px, session=session: session.run(["logits"], {"pixel_values": px.float().numpy()})  # noqa: E731
@@ -429,20 +436,6 @@ def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Option
     store_choice(key, best, timings)
     said = ", ".join(f"{p} {1000 * t:.1f} ms/img" for p, t in timings.items())
     return by_precision[best], f"auto: {best} (fastest on this machine: {said})"
-
-
-def _onnx_session(path: Path, threads: Optional[int]):
-    from sewer_hf.inference.onnx import require_onnxruntime
-
-    ort = require_onnxruntime()
-    if not path.is_file():
-        raise DataError(f"{path}: no ONNX model; write one with `sewer-hf export-onnx --model <classifier dir>`")
-    options = ort.SessionOptions()
-    # Idle ORT threads would spin between batches, taking the cores the decode threads need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _processor_config(model_dir: str) -> dict:
@@ -463,7 +456,6 @@ def list_inputs(data: str, split: str, annotations_dir: Optional[str] = None,
     with a `Filename` column (images next to it), or a folder of images. Rows whose image is
     missing are an error (naming ``--drop-missing``) unless ``drop_missing``; they are then
     left out and logged."""
-    from sewer_hf.data import MissingImagesError, load_sewer_ml
 
     p = Path(data)
     if not p.exists():
@@ -540,8 +532,6 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from sewer_hf.metrics import write_scores_csv
-
     names, paths = list_inputs(args.data, args.split, args.annotations_dir, drop_missing=args.drop_missing)
     clf = SewerClassifier(args.model, device=args.device, threads=args.threads, backend=args.backend,
                           onnx_path=args.onnx, precision=args.precision, lanes=args.lanes)

@@ -1,5 +1,6 @@
-"""int8 inference with ONNX Runtime, the accuracy check shipped with it, and the per-machine
-choice of precision (``--precision auto``).
+"""int8 inference with ONNX Runtime and the accuracy checks shipped with a model, written by the
+``sewer-hf export-onnx`` command (this module's ``run_export_onnx``); reading the checks and the
+per-machine choice of precision (``--precision auto``) are ``sewer_hf.inference.precision``'s.
 
 ``sewer-hf export-onnx --int8 dynamic`` (the default) writes, next to ``model.onnx``:
 
@@ -25,9 +26,7 @@ ran 6x slower than fp32.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import argparse
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,7 +34,28 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sewer_hf.atomic import write_json_atomically
+from sewer_hf.data import load_sewer_ml
 from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.inference.onnx import (
+    DEFAULT_OPSET,
+    ONNX_FILENAME,
+    PARITY_TOLERANCE,
+    export_onnx,
+    onnx_session,
+    require_onnxruntime,
+)
+from sewer_hf.inference.precision import (
+    BF16_CHECK_FILE,
+    WEIGHTS_FILE,
+    check_path,
+    cpu_features,
+    int8_path,
+    native_bf16,
+    sha256,
+)
+from sewer_hf.inference.predict import SewerClassifier
+from sewer_hf.metrics import compute_metrics
+from sewer_hf.synth import render_frame, sample_labels
 
 INT8_METHODS = ("dynamic", "static")
 DEFAULT_INT8_METHOD = "dynamic"
@@ -45,25 +65,6 @@ CHECK_SEED = 1717  # held out: the synthetic datasets and the quickstart use oth
 CALIBRATION_SEED = 1718  # static calibration frames, disjoint from the check frames
 CALIBRATION_FRAMES = 64
 CHECK_FRAME_SIZE = (352, 288)
-PROBE_BATCH = 8
-
-
-def int8_path(onnx_path: str | Path) -> Path:
-    p = Path(onnx_path)
-    return p.with_name(p.name[:-len(".onnx")] + ".int8.onnx" if p.name.endswith(".onnx") else p.name + ".int8.onnx")
-
-
-def check_path(onnx_path: str | Path) -> Path:
-    p = int8_path(onnx_path)
-    return p.with_name(p.name[:-len(".onnx")] + ".check.json")
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,7 +76,6 @@ def synthetic_frames(classifier, n: int, seed: int) -> tuple[np.ndarray, np.ndar
     drawn from the real Sewer-ML co-occurrence (``sewer_hf.synth``), resized as ``predict`` does."""
     import torch
 
-    from sewer_hf.synth import render_frame, sample_labels
 
     rng = np.random.default_rng(seed)
     pixels, targets = [], []
@@ -90,7 +90,6 @@ def labelled_frames(classifier, data: str, split: str, n: int) -> tuple[np.ndarr
     """Up to ``n`` frames spread evenly over a labelled Sewer-ML split (root or prepared shards)."""
     import torch
 
-    from sewer_hf.data import load_sewer_ml
 
     ds = load_sewer_ml(data, split)
     if len(ds) == 0:
@@ -154,9 +153,7 @@ def quantize_int8(onnx_path: str | Path, out: str | Path, method: str = DEFAULT_
 
 
 def _session_scores(path: Path, pixel_values: np.ndarray, threads: Optional[int] = None, batch: int = 32) -> np.ndarray:
-    from sewer_hf.inference.predict import _onnx_session
-
-    session = _onnx_session(path, threads)
+    session = onnx_session(path, threads)
     logits = np.concatenate([session.run(["logits"], {"pixel_values": pixel_values[i:i + batch]})[0]
                              for i in range(0, len(pixel_values), batch)])
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
@@ -165,7 +162,6 @@ def _session_scores(path: Path, pixel_values: np.ndarray, threads: Optional[int]
 def compare_scores(reference: np.ndarray, candidate: np.ndarray, targets: np.ndarray,
                    thresholds: Sequence[float], bound_points: float = BOUND_POINTS) -> dict:
     """The accuracy check of ``candidate`` scores against the fp32 ``reference`` on labelled frames."""
-    from sewer_hf.metrics import compute_metrics
 
     thresholds = [float(t) for t in thresholds]
     ref = compute_metrics(reference, targets, thresholds)
@@ -193,7 +189,6 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
     Returns (int8 path, check dict)."""
     import torch
 
-    from sewer_hf.inference.predict import SewerClassifier
 
     if frames < 1:
         raise ConfigError(f"check frames={frames}: expected a positive number of frames")
@@ -220,10 +215,6 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
     return out, check
 
 
-WEIGHTS_FILE = "model.safetensors"
-BF16_CHECK_FILE = "model.bf16.check.json"
-
-
 def export_bf16_check(model_dir: str | Path, check_data: Optional[str] = None, check_split: str = "Val",
                       frames: int = CHECK_FRAMES, threads: Optional[int] = None) -> tuple[Path, dict]:
     """The accuracy check of bf16 weights (PyTorch, cast at load time) against fp32, on the same
@@ -232,7 +223,6 @@ def export_bf16_check(model_dir: str | Path, check_data: Optional[str] = None, c
     native bf16. Returns (check path, check dict)."""
     import torch
 
-    from sewer_hf.inference.predict import SewerClassifier
 
     if frames < 1:
         raise ConfigError(f"check frames={frames}: expected a positive number of frames")
@@ -257,119 +247,58 @@ def export_bf16_check(model_dir: str | Path, check_data: Optional[str] = None, c
     return path, check
 
 
-def read_bf16_check(model_dir: str | Path) -> Optional[dict]:
-    """The bf16 check of ``model_dir``'s weights, or None when there is none; one that no longer
-    matches the weights comes back with ``passed`` False and a ``why``."""
-    path = Path(model_dir) / BF16_CHECK_FILE
-    if not path.is_file():
-        return None
-    return _read_check(path, Path(model_dir) / WEIGHTS_FILE, "weights_sha256")
-
-
 # ------------------------------------------------------------------------------------------------
 # What a machine may run, and what it runs fastest
 # ------------------------------------------------------------------------------------------------
 
-def read_int8_check(onnx_path: str | Path) -> Optional[dict]:
-    """The int8 model's check, or None when there is no int8 model. Raises nothing; a check that is
-    missing or does not match the file comes back with ``passed`` False and a ``why``."""
-    model = int8_path(onnx_path)
-    if not model.is_file():
-        return None
-    path = check_path(onnx_path)
-    if not path.is_file():
-        return {"passed": False, "why": f"{path.name} is missing (no accuracy check for {model.name})"}
-    return _read_check(path, model, "int8_sha256")
+
+def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="exported classifier folder (runs/.../classifier)")
+    parser.add_argument("--out", default=None, help=f"ONNX file (default: <model>/{ONNX_FILENAME}, "
+                                                    "where `sewer-hf predict --backend onnx` finds it)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the ONNX Runtime vs PyTorch logits check")
+    parser.add_argument("--int8", choices=("dynamic", "static", "none"), default="dynamic",
+                        help="also write <out>.int8.onnx: dynamic (int8 MatMul/Gemm weights, default), static "
+                             "(activation ranges calibrated on synthetic frames) or none; with its accuracy check")
+    parser.add_argument("--check-data", default=None,
+                        help="labelled Sewer-ML root for the int8 accuracy check (default: held-out synthetic frames)")
+    parser.add_argument("--check-split", default="Val", help="split of --check-data (default Val)")
+    parser.add_argument("--check-frames", type=int, default=None, help="frames in the accuracy check (default 256)")
+    parser.add_argument("--bf16-check", choices=("auto", "yes", "no"), default="auto",
+                        help="also check bf16 weights against fp32 on the same frames (<model>/model.bf16.check.json; "
+                             "--precision auto then times bf16 on CPUs with native bf16). auto (default): yes on a "
+                             "CPU with native bf16; elsewhere bf16 runs ~6x slower than fp32 and is never picked, "
+                             "so the check is left out unless asked for (yes: ship it with the model)")
+    parser.set_defaults(func=run_export_onnx)
 
 
-def _read_check(path: Path, checked: Path, sha_key: str) -> dict:
-    """An accuracy check file, with ``passed`` False and a ``why`` when it is unreadable, was made
-    for other bytes than ``checked``'s, or failed its bound."""
-    try:
-        check = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        return {"passed": False, "why": f"{path} is not readable JSON ({exc})"}
-    if not checked.is_file() or check.get(sha_key) != sha256(checked):
-        return dict(check, passed=False, why=f"{checked.name} is not the file {path.name} checked "
-                                             "(SHA-256 differs): export again")
-    if not check.get("passed"):
-        delta = check.get("delta_points", {})
-        check = dict(check, why=f"it failed its accuracy check: F2_CIW {delta.get('F2_CIW')} and F1_Normal "
-                                f"{delta.get('F1_Normal')} points vs fp32 (bound: -{check.get('bound_points')})")
-    return check
 
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def native_bf16(flags: Optional[set[str]] = None) -> bool:
-    """True on CPUs with bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16)."""
-    flags = cpu_flags() if flags is None else flags
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
-def cpu_features() -> str:
-    """The CPU features that decide which precision is fast, as one line."""
-    flags = cpu_flags()
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
-    return " ".join(f for f in wanted if f in flags) or "unknown"
-
-
-def _choice_cache() -> Path:
-    return Path(os.environ.get("SEWER_HF_CACHE", Path.home() / ".cache" / "sewer_hf")) / "precision_choice.json"
-
-
-def time_scorer(score, size: tuple[int, int], batch: int = PROBE_BATCH, repeats: int = 2) -> float:
-    """Best seconds per image of ``score(uint8 batch)`` after one warm-up call."""
-    import torch
-
-    pixels = torch.randint(0, 256, (batch, 3, size[1], size[0]), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
-    score(pixels)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        score(pixels)
-        best = min(best, time.perf_counter() - start)
-    return best / batch
-
-
-def cached_choice(key: str) -> Optional[str]:
-    try:
-        return json.loads(_choice_cache().read_text()).get(key, {}).get("precision")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-
-
-def store_choice(key: str, precision: str, timings: dict) -> None:
-    path = _choice_cache()
-    try:
-        table = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        table = {}
-    table[key] = {"precision": precision, "s_per_image": timings}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(table, path)
-    except OSError:  # a read-only home: choose again next time
-        pass
-
-
-def machine_key(files: Sequence[Path], threads: Optional[int]) -> str:
-    """What a timing depends on: the model files, the CPU and the threads."""
-    model_name = "cpu"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model_name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "cpu")
-    except OSError:
-        pass
-    parts = [f"{Path(f).resolve()}:{Path(f).stat().st_mtime_ns}" for f in files if Path(f).exists()]
-    return hashlib.sha256("|".join([model_name, cpu_features(), str(threads), *parts]).encode()).hexdigest()[:20]
+def run_export_onnx(args: argparse.Namespace) -> int:
+    frames = CHECK_FRAMES if args.check_frames is None else args.check_frames
+    if (args.int8 != "none" or args.bf16_check == "yes") and frames < 1:
+        raise ConfigError(f"--check-frames {frames}: expected a positive number of frames")
+    if args.verify or args.int8 != "none":
+        require_onnxruntime()  # fail before the export, not after
+    path = export_onnx(args.model, args.out, opset=args.opset, verify=args.verify)
+    checked = f" (logits match PyTorch within {PARITY_TOLERANCE})" if args.verify else ""
+    print(f"wrote {path}{checked}")
+    if args.int8 != "none":
+        int8, check = export_int8(args.model, path, args.int8, args.check_data, args.check_split, frames)
+        d = check["delta_points"]
+        verdict = ("passed: offered by --precision int8|auto" if check["passed"] else
+                   "FAILED: --precision int8 will refuse it, auto will not pick it")
+        print(f"wrote {int8} ({args.int8} int8) and {check_path(path)}: on {check['frames']} held-out frames "
+              f"max |dscore| {check['max_abs_score_diff']:.3g}, {100 * check['decisions_changed']:.2f} % of "
+              f"decisions changed, F2_CIW {d['F2_CIW']:+.2f} / F1_Normal {d['F1_Normal']:+.2f} points vs fp32 "
+              f"(bound -{check['bound_points']}): {verdict}")
+    if args.bf16_check == "yes" or (args.bf16_check == "auto" and native_bf16()):
+        path, check = export_bf16_check(args.model, args.check_data, args.check_split, frames)
+        d = check["delta_points"]
+        verdict = ("passed: --precision auto may time it on CPUs with native bf16" if check["passed"] else
+                   "FAILED: auto will not pick bf16")
+        print(f"wrote {path}: bf16 weights on {check['frames']} held-out frames max |dscore| "
+              f"{check['max_abs_score_diff']:.3g}, F2_CIW {d['F2_CIW']:+.2f} / F1_Normal {d['F1_Normal']:+.2f} "
+              f"points vs fp32 (bound -{check['bound_points']}): {verdict}")
+    return 0

@@ -36,6 +36,8 @@ import numpy as np
 
 from sewer_hf.data import labels as L
 from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.inference.predict import SewerClassifier, add_precision_argument, add_thread_arguments, in_lanes
+from sewer_hf.inference.report import write_report
 
 DEFAULT_SAMPLE_FPS = 2.0
 DEFAULT_SMOOTH = 3  # samples in the centred moving average (3 at 2 fps = 1.5 s)
@@ -328,7 +330,6 @@ def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
                 arrays.append(classifier.preprocess(frame.to_image()))
             return classifier.scores_from_arrays(arrays, lane=True) if lanes > 1 else classifier.scores_from_arrays(arrays)
 
-        from sewer_hf.inference.predict import in_lanes
 
         # decoding (this thread) runs ahead of the lanes by one batch; FFmpeg, the resize and the
         # model release the GIL. A lane's error is raised here.
@@ -383,7 +384,6 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="merge detections of one class separated by at most this many seconds")
     parser.add_argument("--max-duration", type=float, default=None, help="refuse videos longer than this (s)")
     parser.add_argument("--device", default=None)
-    from sewer_hf.inference.predict import add_precision_argument, add_thread_arguments
 
     add_thread_arguments(parser)
     add_precision_argument(parser)
@@ -391,9 +391,6 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_scan(args: argparse.Namespace) -> int:
-    from sewer_hf.inference.predict import SewerClassifier
-    from sewer_hf.inference.report import write_report
-
     _check_options(args.fps, args.batch_size, args.smooth, args.merge_gap)
     container, _, info = open_footage(args.footage)  # a bad video fails in milliseconds, before the model loads
     container.close()

@@ -7,8 +7,8 @@ import math
 import sys
 from pathlib import Path
 
-from sewer_hf.errors import DataError
 from sewer_hf.data.labels import CLASSES
+from sewer_hf.errors import DataError
 from sewer_hf.metrics.core import DEFAULT_THRESHOLD, compute_metrics
 from sewer_hf.metrics.files import align_by_filename, read_annotation_targets, read_scores_csv
 from sewer_hf.metrics.report import format_report

@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sewer_hf.errors import DataError
 from sewer_hf.data.labels import CLASSES, NUM_CLASSES, ciw_vector
+from sewer_hf.errors import DataError
 
 DEFAULT_THRESHOLD = 0.5
 NORMAL = "Normal"  # name of the implicit 18th slot in reports

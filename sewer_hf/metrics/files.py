@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sewer_hf.errors import DataError
 from sewer_hf.data.labels import CLASSES, NUM_CLASSES
+from sewer_hf.errors import DataError
 
 FILENAME_COLUMN = "Filename"
 _SHOWN = 5  # how many offending filenames an error message lists

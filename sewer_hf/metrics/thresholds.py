@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sewer_hf.errors import DataError
 from sewer_hf.data.labels import CLASSES, ciw_vector
+from sewer_hf.errors import DataError
 from sewer_hf.metrics.core import DEFAULT_THRESHOLD, as_threshold_vector, f_beta, validate_inputs
 
 # 0.01, 0.02, ..., 0.99; contains the default 0.5, so tuning never does worse than it.

@@ -1,9 +1,12 @@
-"""DINO self-distillation (Caron et al. 2021): the loss with its centre, schedules, the EMA
-teacher update, and RankMe. Mirrors the official ``main_dino.py`` / ``utils.py``.
+"""DINO self-distillation (Caron et al. 2021): the loss with its centre and teacher-temperature
+schedule, the frozen last layer, and the collapse signals (RankMe, the teacher's entropy).
+Mirrors the official ``main_dino.py`` / ``utils.py``; the lr / weight-decay / momentum schedules
+and the EMA teacher update are in ``sewer_hf.train.optim``.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 import torch
@@ -12,7 +15,7 @@ from torch import nn
 
 from sewer_hf.errors import ConfigError
 
-# DINO paper defaults (SPEC §4).
+# DINO paper defaults (Caron et al. 2021, and the official main_dino.py).
 STUDENT_TEMP = 0.1
 CENTER_MOMENTUM = 0.9
 RANKME_EPS = 1e-7
@@ -100,67 +103,6 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
 
 
-def cosine_schedule(
-    base_value: float,
-    final_value: float,
-    epochs: int,
-    niter_per_epoch: int,
-    warmup_epochs: int = 0,
-    start_warmup_value: float = 0.0,
-) -> np.ndarray:
-    """One value per iteration: linear warm-up from ``start_warmup_value`` to ``base_value``
-    over ``warmup_epochs``, then a half cosine from ``base_value`` to ``final_value``
-    (official ``cosine_scheduler``). When the run is shorter than the warm-up, the warm-up is cut."""
-    if epochs < 0 or niter_per_epoch < 1 or warmup_epochs < 0:
-        raise ConfigError(
-            f"schedule needs epochs >= 0, niter_per_epoch >= 1, warmup_epochs >= 0; "
-            f"got {epochs}, {niter_per_epoch}, {warmup_epochs}"
-        )
-    total = int(epochs * niter_per_epoch)
-    warmup_iters = int(warmup_epochs * niter_per_epoch)
-    warmup = np.linspace(start_warmup_value, base_value, warmup_iters)[:total]
-    iters = np.arange(total - len(warmup))
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / max(len(iters), 1)))
-    return np.concatenate((warmup, cosine))
-
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """Trainable parameters split into a decayed group and a no-decay group (biases, 1-d
-    params such as norms). The weight-decay schedule applies to group 0 only."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """Strip DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel) or type(module).__name__ == "DataParallel":
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter (by name)."""
-    teacher, student = unwrap(teacher), unwrap(student)
-    student_params = dict(student.named_parameters())
-    t_params, s_params = [], []
-    for name, t in teacher.named_parameters():
-        s = student_params.get(name)
-        if s is None or s.shape != t.shape:
-            raise ValueError(f"teacher parameter {name!r} has no student counterpart of shape {tuple(t.shape)}")
-        t_params.append(t)
-        s_params.append(s.detach().to(t.dtype))
-    torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
-
-
 def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_last_layer_epochs: int = 1) -> None:
     """Drop the prototype layer's gradients during the first epochs (official DINO trick)."""
     if epoch >= freeze_last_layer_epochs:
@@ -180,3 +122,19 @@ def rankme(embeddings: torch.Tensor, eps: float = RANKME_EPS) -> float:
     p = sigma / sigma.sum() + eps
     value = torch.exp(-(p * torch.log(p)).sum()).item()
     return value if math.isfinite(value) else float("nan")
+
+
+def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: float) -> float:
+    """Mean entropy of the centred, sharpened teacher distribution (ln K = collapsed to uniform)."""
+    p = F.softmax((teacher_logits.float() - center) / temp, dim=-1)
+    return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
+
+
+
+def collapse_warning(entropy: float, rank: float, out_dim: int) -> Optional[str]:
+    """DINO's two collapse modes: a uniform teacher (entropy near ln K) or one dominant
+    dimension (RankMe near 1)."""
+    if entropy > 0.95 * math.log(out_dim) or rank < 1.5:
+        return (f"looks collapsed: teacher entropy {entropy:.3f} (ln K = {math.log(out_dim):.3f}), RankMe {rank:.2f}. "
+                "Check teacher_temp, the center momentum and the lr.")
+    return None

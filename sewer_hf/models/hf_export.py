@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sewer_hf.errors import ConfigError
 from sewer_hf.data.labels import CLASSES, NUM_CLASSES, SEWER_MEAN, SEWER_STD, id2label, label2id
+from sewer_hf.errors import ConfigError
+from sewer_hf.models.vit import build_classifier, create_backbone
 
 THRESHOLDS_KEY = "sewer_thresholds"
 DEFAULT_THRESHOLD = 0.5
@@ -313,7 +314,6 @@ def load_timm_backbone(model_dir, drop_path_rate: float = 0.0) -> nn.Module:
     from safetensors.torch import load_file
     from transformers import ViTConfig
 
-    from sewer_hf.models.vit import create_backbone
 
     folder = Path(model_dir)
     weights = folder / WEIGHTS_NAME
@@ -334,7 +334,6 @@ def load_classifier_module(model_dir, device: torch.device | str = "cpu") -> nn.
     ``classifier/`` folder: what the run ships, scored the way training scores."""
     from safetensors.torch import load_file
 
-    from sewer_hf.models.vit import build_classifier
 
     weights = load_file(str(Path(model_dir) / WEIGHTS_NAME))
     if "classifier.weight" not in weights:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.metrics import compute_metrics
 
 DEFAULT_K = 20  # DINO's kNN uses 20 neighbours
 DEFAULT_TEMPERATURE = 0.07  # DINO's kNN temperature
@@ -125,7 +126,6 @@ def knn_evaluate(
     threshold: float = 0.5,
 ) -> dict:
     """Benchmark metrics (``F2_CIW``, ``F1_Normal``, ``mAP``, ... as fractions) of the kNN vote."""
-    from sewer_hf.metrics import compute_metrics
 
     scores = knn_scores(train_features, train_labels, test_features, k=k, temperature=temperature, batch_size=batch_size)
     targets = np.asarray(test_labels.cpu() if hasattr(test_labels, "cpu") else test_labels)

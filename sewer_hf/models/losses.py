@@ -3,8 +3,8 @@ pos_weight_c = 2 (1 + CIW_c / mean CIW), so important, rare defects count more."
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from sewer_hf.data.labels import pos_weight
 

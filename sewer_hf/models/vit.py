@@ -3,7 +3,7 @@ the student/teacher pair, and the linear classifier used for fine-tuning and lin
 
 Follows the official DINO code (facebookresearch/dino, ``vision_transformer.py`` and
 ``utils.py``) with timm's ``VisionTransformer`` as the backbone. Paper defaults (Sewer-ML
-DINO paper, SPEC §3): ViT-T/16 or ViT-S/16, projector 2048-2048-256, 32,768 prototypes.
+DINO paper, Sec. 3): ViT-T/16 or ViT-S/16, projector 2048-2048-256, 32,768 prototypes.
 """
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from sewer_hf.errors import ConfigError
 from sewer_hf.data.labels import NUM_CLASSES
+from sewer_hf.errors import ConfigError
 
 # Short names used on the command line -> timm model names.
 ARCHS: dict[str, str] = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224"}
 
-# Paper defaults (SPEC §3 and §4).
+# Paper defaults (Sec. 3 and App. A; DINO's where the paper is silent).
 DEFAULT_OUT_DIM = 32768  # prototypes
 DEFAULT_HIDDEN_DIM = 2048
 DEFAULT_BOTTLENECK_DIM = 256

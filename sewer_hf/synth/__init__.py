@@ -11,6 +11,7 @@ defect class, with label sets drawn from the real label co-occurrence.
     contact_sheet(...)                                          -> PIL.Image grid with captions
 """
 from sewer_hf.synth.command import add_synth_arguments, run_synth
+from sewer_hf.synth.contact_sheet import contact_sheet as _contact_sheet
 from sewer_hf.synth.dataset import frame_rng, generate_dataset, make_frame
 from sewer_hf.synth.label_sampler import load_label_table, sample_labels
 from sewer_hf.synth.render import render_frame
@@ -21,6 +22,5 @@ __all__ = ["add_synth_arguments", "run_synth", "contact_sheet", "frame_rng", "ge
 
 def contact_sheet(*args, **kwargs):
     """See `sewer_hf.synth.contact_sheet.contact_sheet` (imported lazily: docs tool)."""
-    from sewer_hf.synth.contact_sheet import contact_sheet as _contact_sheet
 
     return _contact_sheet(*args, **kwargs)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from sewer_hf.synth.dataset import generate_dataset
+
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory (images and SewerML_{Train,Val}.csv)")
@@ -20,8 +22,6 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from sewer_hf.synth.dataset import generate_dataset
-
     summary = generate_dataset(args.out, args.train, args.val, seed=args.seed, size=args.size,
                                workers=args.workers, progress=not args.no_progress,
                                defect_fraction=args.defect_fraction, overwrite=args.overwrite)

@@ -9,8 +9,8 @@ Frame i is a pure function of (seed, i, size option, defect_fraction): its rando
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.data.labels import CLASSES, CSV_COLUMNS, FRAME_SIZES
+from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.synth.label_sampler import check_defect_fraction, sample_labels
 from sewer_hf.synth.render import check_size, render_frame
 

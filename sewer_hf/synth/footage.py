@@ -22,8 +22,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.data.labels import CLASS_NAMES, CLASSES
+from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.synth import render_frame
+from sewer_hf.synth.dataset import parse_size
+from sewer_hf.synth.render import check_size
 
 SECTION_S = 1.0  # one stretch of pipe per second
 FORWARD_ZOOM = 0.2  # the camera's forward motion over one section (1.0 -> 1.2 zoom)
@@ -85,7 +88,6 @@ def iter_frames(seconds: float, seed: int, fps: int = DEFAULT_FPS, size: tuple[i
     """(events, generator of PIL frames) — the frames are rendered one at a time."""
     from PIL import Image
 
-    from sewer_hf.synth import render_frame
 
     n_sections = int(np.ceil(seconds / SECTION_S))
     root = np.random.SeedSequence(int(seed))
@@ -133,7 +135,6 @@ def write_footage(out: str | Path, seconds: float, seed: int = 0, fps: int = DEF
     import av
     from tqdm.auto import tqdm
 
-    from sewer_hf.synth.render import check_size
 
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"seconds={seconds}: expected a duration in (0, {MAX_SECONDS}]")
@@ -183,8 +184,6 @@ def read_events(path: str | Path) -> list[dict]:
 
 
 def add_synth_footage_arguments(parser: argparse.ArgumentParser) -> None:
-    from sewer_hf.synth.dataset import parse_size
-
     parser.add_argument("--out", required=True, help="video file to write, e.g. footage.mp4 (+ footage.events.json)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)

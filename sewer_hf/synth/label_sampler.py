@@ -16,8 +16,8 @@ from importlib import resources
 
 import numpy as np
 
-from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.data.labels import CLASSES, NUM_CLASSES
+from sewer_hf.errors import ConfigError, DataError
 
 TABLE_RESOURCE = "label_combos.json"
 

@@ -13,7 +13,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from sewer_hf.synth.geometry import (
-    TILE_THETA, TILE_THETA_CENTRES, TILE_Z, TILE_Z_CENTRES, TILE_Z_EDGES, FrameGrids, canvas_for,
+    TILE_THETA,
+    TILE_THETA_CENTRES,
+    TILE_Z,
+    TILE_Z_CENTRES,
+    TILE_Z_EDGES,
+    FrameGrids,
+    canvas_for,
     tile_index,
 )
 

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from sewer_hf.errors import ConfigError
 from sewer_hf.data.labels import CLASSES, NUM_CLASSES
+from sewer_hf.errors import ConfigError
 from sewer_hf.synth.defects import IMAGE_PAINTERS, NUMPY_PAINTERS
 from sewer_hf.synth.pipe import build_scene, finish_frame, paint_water
 

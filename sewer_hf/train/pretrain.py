@@ -4,309 +4,197 @@
     model -> student / teacher ViT + DINO head (sewer_hf.models.vit)
     loss  -> DINO cross-entropy with centering and teacher-temperature schedule (sewer_hf.models.dino)
     step  -> AdamW with per-iteration lr / wd schedules, grad clipping, frozen last layer in
-             epoch 0, EMA teacher update with cosine momentum
-    logs  -> metrics.jsonl, TensorBoard, per-epoch RankMe + teacher entropy (collapse warning)
+             epoch 0, EMA teacher update with cosine momentum (sewer_hf.train.optim)
+    logs  -> metrics.jsonl, TensorBoard, per-epoch RankMe + teacher entropy (collapse warning),
+             a kNN curve (sewer_hf.train.dino_monitor)
     end   -> backbone/ (native transformers ViTModel), dino/ (full state), knn.json
 
-The same function runs on a CPU, one GPU, many GPUs or nodes (`accelerate launch`).
+The same function runs on a CPU, one GPU, many GPUs or nodes (`accelerate launch`). The run's
+set-up, checkpoints, log and progress are ``sewer_hf.train.run.Run``'s; how a batch is made is
+``sewer_hf.feed.pipeline``'s.
 """
 from __future__ import annotations
 
 import json
-import logging
-import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from sewer_hf.data import labels as L
 from sewer_hf.config import PretrainConfig, save_config
-from sewer_hf.models.dino import unwrap as _unwrap
-from sewer_hf.models.losses import WeightedBCE
+from sewer_hf.data import labels as L
 from sewer_hf.data.sources import fixed_subset, load_split
-from sewer_hf.train.run import (
-    CheckpointManager,
-    MetricsLog,
-    Progress,
-    TrainState,
-    check_finite,
-    end_training,
+from sewer_hf.data.torch_dataset import collate_skip_bad
+from sewer_hf.errors import ConfigError
+from sewer_hf.feed.augment import PretrainTransform
+from sewer_hf.feed.batched import GPUPretrainAugment
+from sewer_hf.feed.pipeline import make_train_feed, make_train_loader
+from sewer_hf.feed.spec import pretrain_augmentation
+from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients
+from sewer_hf.models.hf_export import save_backbone
+from sewer_hf.models.losses import WeightedBCE
+from sewer_hf.models.vit import build_student_teacher
+from sewer_hf.train.dino_monitor import KnnCurve, epoch_end_metrics, knn_report
+from sewer_hf.train.optim import (
+    cosine_schedule,
+    ema_update,
     make_adamw,
-    make_train_loader,
     mark_weight_decay_groups,
-    resume_and_track,
+    param_groups,
     scaled_lr,
     set_lr_wd,
-    start_run,
-    steps_per_epoch,
-    train_data,
+    unwrap,
 )
+from sewer_hf.train.run import Run, TrainState
 
-logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation helpers (main process)
-# ------------------------------------------------------------------------------------------------
-
-def embed(backbone, hf_dataset, image_size: int, device, batch_size: int = 64, desc: str = "embed"):
-    """CLS embeddings (and labels, if any) of a dataset, evaluation transform, skipping bad images."""
-    from sewer_hf.feed.augment import eval_transform
-    from sewer_hf.data.torch_dataset import SewerTorchDataset, collate_skip_bad
-    from sewer_hf.models.knn import extract_features
-
-    with_labels = "labels" in hf_dataset.column_names
-    loader = torch.utils.data.DataLoader(
-        SewerTorchDataset(hf_dataset, eval_transform(image_size), with_labels=with_labels),
-        batch_size=batch_size, num_workers=0, collate_fn=collate_skip_bad)
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        return extract_features(backbone, loader, device=device, progress=len(loader) >= 4)
-    finally:
-        backbone.train(was_training)
-
-
-def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: float) -> float:
-    """Mean entropy of the centred, sharpened teacher distribution (ln K = collapsed to uniform)."""
-    p = F.softmax((teacher_logits.float() - center) / temp, dim=-1)
-    return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
-
-
-# ------------------------------------------------------------------------------------------------
-# Training
-# ------------------------------------------------------------------------------------------------
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    from sewer_hf.feed.augment import PretrainTransform, pretrain_augmentation
-    from sewer_hf.feed.batched import GPUPretrainAugment
-    from sewer_hf.data.torch_dataset import collate_skip_bad
-    from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients, cosine_schedule, ema_update, param_groups
-    from sewer_hf.models.vit import build_student_teacher
-    from sewer_hf.hub.publish import check_push_config, push_after_run
-
-    check_push_config(cfg)  # --push_to_hub: no id or no token fails now, not after training
-    accelerator, data = start_run(cfg)
-    out = Path(cfg.output_dir)
+    run = Run(cfg, TrainState())
+    accelerator, state = run.accelerator, run.state
 
     # --- data: each process reads its own share through the prepared DataLoader -------------
-    train_hf = load_split(data, cfg.split, labelled=cfg.hybrid)
-    aug_kwargs = dict(config=pretrain_augmentation(cfg.augmentation), size=cfg.image_size, scale=cfg.global_crop_scale,
-                      n_local_crops=cfg.n_local_crops, local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
-    train = train_data(
-        cfg, accelerator, train_hf, cpu_transform=lambda: PretrainTransform(**aug_kwargs),
-        device_augment=lambda dtype: GPUPretrainAugment(**aug_kwargs, photometric_dtype=dtype),
-        decode_size=cfg.resolved_decode_size, with_labels=cfg.hybrid)
-    loader = make_train_loader(train, cfg, collate_skip_bad)
-    if len(loader) == 0:
-        from sewer_hf.errors import ConfigError
-        raise ConfigError(f"{len(train_hf)} training images < batch_size={cfg.batch_size}: lower batch_size")
+    train_hf = load_split(run.data, cfg.split, labelled=cfg.hybrid)
+    feed, loader = dino_feed(cfg, accelerator, train_hf)
 
     # --- models, loss, optimizer ---------------------------------------------------------------
-    student, teacher = build_student_teacher(
-        cfg.arch, img_size=cfg.image_size, out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim,
-        bottleneck_dim=cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer,
-        drop_path_rate=cfg.drop_path_rate)
-    embed_dim = student.backbone.num_features
-    hybrid_head = torch.nn.Linear(embed_dim, L.NUM_CLASSES) if cfg.hybrid else None
-    dino_loss = DINOLoss(cfg.out_dim, n_global_crops=2, warmup_teacher_temp=cfg.warmup_teacher_temp,
-                         teacher_temp=cfg.teacher_temp, warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
-                         n_epochs=cfg.epochs, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum)
-    groups = param_groups(student) + (param_groups(hybrid_head) if hybrid_head is not None else [])
-    optimizer = make_adamw(groups, accelerator.device)
+    student, teacher, dino_loss, hybrid_head = build_dino(cfg)
+    optimizer = make_adamw(param_groups(student) + (param_groups(hybrid_head) if cfg.hybrid else []), accelerator.device)
     mark_weight_decay_groups(optimizer, cfg.weight_decay)
-
-    modules = [student, optimizer, loader] + ([hybrid_head] if hybrid_head is not None else [])
-    prepared = accelerator.prepare(*modules)
-    student, optimizer, loader = prepared[:3]
-    if hybrid_head is not None:
-        hybrid_head = prepared[3]
+    student, optimizer, loader, *hybrid = accelerator.prepare(student, optimizer, loader,
+                                                              *([hybrid_head] if cfg.hybrid else []))
+    hybrid_head = hybrid[0] if hybrid else None
     teacher.to(accelerator.device)
     dino_loss.to(accelerator.device)
     # Compiled callables for the forward passes only; checkpoints and EMA use the plain modules.
     student_fwd = torch.compile(student) if cfg.compile else student
     teacher_fwd = torch.compile(teacher) if cfg.compile else teacher
-    criterion = WeightedBCE().to(accelerator.device)
-
-    state = TrainState()
+    bce = WeightedBCE().to(accelerator.device)
     # The EMA teacher and the DINO center are not seen by `prepare`: register them for save_state.
     accelerator.register_for_checkpointing(teacher, dino_loss, state)
-    ckpt = CheckpointManager(accelerator, out, keep_last=cfg.keep_last)
-    log = MetricsLog(accelerator, out)
 
     # --- schedules, per optimizer step (lightly/DINO style: every value explicit) ---------------
-    global_batch = cfg.batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
-    iters = steps_per_epoch(len(loader), cfg.gradient_accumulation_steps)
-    peak_lr = scaled_lr(cfg.base_lr, global_batch)
+    iters = run.steps_per_epoch(loader)
+    peak_lr = scaled_lr(cfg.base_lr, run.global_batch)
     lr_sched = cosine_schedule(peak_lr, cfg.min_lr, cfg.epochs, iters, warmup_epochs=cfg.warmup_epochs,
                                start_warmup_value=min(cfg.start_warmup_lr, peak_lr))
     wd_sched = cosine_schedule(cfg.weight_decay, cfg.weight_decay_end, cfg.epochs, iters)
     mom_sched = cosine_schedule(cfg.momentum_teacher, cfg.momentum_teacher_end, cfg.epochs, iters)
-    total_steps = cfg.epochs * iters if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * iters)
+    total_steps = run.total_steps(iters)
 
-    resume_and_track(accelerator, cfg, state, ckpt, log, "pretrain_dino")
-
-    # Held-out frames for RankMe: the val split if there is one, else a fixed slice of train.
-    probe = None
-    if accelerator.is_main_process and cfg.rankme_samples > 0:
-        probe = fixed_subset(load_split(data, cfg.val_split, labelled=False, required=False) or train_hf, cfg.rankme_samples, cfg.seed)
-    knn_curve = KnnCurve(cfg, data, train_hf) if accelerator.is_main_process and cfg.knn_every_epochs else None
-
+    run.start(total_steps, project="pretrain_dino", desc="pretrain")
+    probe, knn_curve = monitors(cfg, run, train_hf)
     accelerator.print(
         f"DINO {cfg.arch}: {len(train_hf)} images, {accelerator.num_processes} process(es), global batch "
-        f"{global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
-        f"precision {cfg.mixed_precision}, augmentation {train.describe()}")
+        f"{run.global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}, "
+        f"precision {cfg.mixed_precision}, augmentation {feed.describe()}")
 
-    progress = Progress(accelerator, cfg, state, ckpt, log, total_steps, desc="pretrain")
     student.train()
-    while state.step < total_steps and state.epoch < cfg.epochs:
-        epoch = state.epoch
-        for batch in state.epoch_batches(loader, train, accelerator):
+    for epoch, batches in run.epochs(loader, feed):
+        for batch in batches:
             it = state.step
             views = batch["pixel_values"]  # on the device already when augmented there
-            if train.augment is None:
+            if not feed.layout.batched:
                 views = [v.to(accelerator.device, non_blocking=True) for v in views]
             set_lr_wd(optimizer, float(lr_sched[it]), float(wd_sched[it]))
-
             with accelerator.accumulate(student):
                 with accelerator.autocast():
                     with torch.no_grad():
                         teacher_out = teacher_fwd(views[:2])  # teacher sees only the global views
-                    if hybrid_head is not None:
-                        student_out, feats = student_fwd(views, return_features=True)
-                    else:
+                    if hybrid_head is None:
                         student_out = student_fwd(views)
+                    else:
+                        student_out, feats = student_fwd(views, return_features=True)
                     loss = dino_loss(student_out, teacher_out, epoch)
                     if hybrid_head is not None:
-                        n = views[0].shape[0]
                         targets = batch["labels"].to(accelerator.device).repeat(2, 1)
-                        bce = criterion(hybrid_head(feats[: 2 * n]), targets)
-                        loss = loss + cfg.hybrid_weight * bce
-                check_finite(accelerator, loss, it, ckpt)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if cfg.clip_grad:
-                        accelerator.clip_grad_norm_(student.parameters(), cfg.clip_grad)  # unscales fp16 first
-                    cancel_last_layer_gradients(accelerator.unwrap_model(student), epoch, cfg.freeze_last_layer)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
+                        bce_loss = bce(hybrid_head(feats[: 2 * views[0].shape[0]]), targets)
+                        loss = loss + cfg.hybrid_weight * bce_loss
+                run.optimizer_step(loss, student, optimizer, before_step=lambda: cancel_last_layer_gradients(
+                    accelerator.unwrap_model(student), epoch, cfg.freeze_last_layer))
             if not accelerator.sync_gradients:
                 continue
             ema_update(teacher, accelerator.unwrap_model(student), float(mom_sched[it]))
             record = {"lr": float(lr_sched[it]), "wd": float(wd_sched[it]), "teacher_momentum": float(mom_sched[it]),
                       "teacher_temp": dino_loss.teacher_temp_at(epoch)}
             if hybrid_head is not None:
-                record["bce"] = bce.item()
-            progress.step_done(views[0].shape[0] * accelerator.num_processes, loss, record)
-            if progress.finished:
+                record["bce"] = bce_loss.item()
+            if run.step_done(views[0].shape[0] * accelerator.num_processes, loss, record):
                 break
-        if state.batches_in_epoch >= len(loader):  # the epoch ran to its end
-            state.end_epoch()
-            epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch)
+        if run.epoch_ended(loader):
+            epoch_end_metrics(run, teacher, dino_loss, probe, epoch)
             if knn_curve is not None and (state.epoch % cfg.knn_every_epochs == 0 or state.epoch == cfg.epochs):
-                knn_curve.log(_unwrap(teacher).backbone, accelerator.device, state, log, epoch)
-            progress.save()
-    progress.close()
+                knn_curve.log(run, unwrap(teacher).backbone, epoch)
+            run.save()
+    run.close()
 
     if cfg.save_rank_states:  # lets a test compare the teacher and center of every process
-        from safetensors.torch import save_file
-
-        rank_dir = out / "rank_states"
-        rank_dir.mkdir(exist_ok=True)
-        tensors = {f"teacher.{k}": v.detach().float().cpu().contiguous() for k, v in _unwrap(teacher).state_dict().items()}
-        tensors["center"] = dino_loss.center.detach().float().cpu().contiguous()
-        save_file(tensors, str(rank_dir / f"rank{accelerator.process_index}.safetensors"))
-
+        save_rank_state(run, teacher, dino_loss)
     result: dict[str, Any] = {"steps": state.step, "images_seen": state.images_seen,
                               "skipped_images": state.skipped_images}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        result.update(finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf))
-    accelerator.wait_for_everyone()
-    end_training(accelerator)
-    if cfg.push_to_hub and accelerator.is_main_process:
-        result["hub_url"] = push_after_run(cfg, out / "backbone")
-    return result
+        result.update(finish(cfg, accelerator, student, teacher, dino_loss, run.data, train_hf))
+    return run.end(result, run.out / "backbone")
 
 
-def collapse_warning(entropy: float, rank: float, out_dim: int) -> Optional[str]:
-    """DINO's two collapse modes: a uniform teacher (entropy near ln K) or one dominant
-    dimension (RankMe near 1)."""
-    if entropy > 0.95 * math.log(out_dim) or rank < 1.5:
-        return (f"looks collapsed: teacher entropy {entropy:.3f} (ln K = {math.log(out_dim):.3f}), RankMe {rank:.2f}. "
-                "Check teacher_temp, the center momentum and the lr.")
-    return None
+def dino_feed(cfg: PretrainConfig, accelerator, train_hf):
+    """(feed, loader): the DINO views (2 global + ``n_local_crops`` local) where the feed puts them."""
+    views = dict(config=pretrain_augmentation(cfg.augmentation), size=cfg.image_size, scale=cfg.global_crop_scale,
+                 n_local_crops=cfg.n_local_crops, local_size=cfg.local_crop_size, local_scale=cfg.local_crop_scale)
+    feed = make_train_feed(cfg, accelerator, train_hf, cpu_transform=lambda: PretrainTransform(**views),
+                           batched_augment=lambda dtype: GPUPretrainAugment(**views, photometric_dtype=dtype),
+                           decode_size=cfg.resolved_decode_size, with_labels=cfg.hybrid)
+    loader = make_train_loader(feed, cfg, collate_skip_bad)
+    if len(loader) == 0:
+        raise ConfigError(f"{len(train_hf)} training images < batch_size={cfg.batch_size}: lower batch_size")
+    return feed, loader
 
 
-def epoch_end_metrics(cfg, accelerator, teacher, dino_loss, probe, state, log, epoch) -> None:
-    """RankMe of the teacher's backbone embeddings on the fixed held-out frames, teacher entropy."""
-    from sewer_hf.models.dino import rankme
-
-    if not accelerator.is_main_process or probe is None:
-        return
-    backbone = _unwrap(teacher).backbone
-    feats, _ = embed(backbone, probe, cfg.image_size, accelerator.device, desc="rankme")
-    with torch.no_grad():
-        logits = _unwrap(teacher).head(feats.to(accelerator.device))
-    entropy = teacher_entropy(logits, dino_loss.center, float(dino_loss.teacher_temp_at(epoch)))
-    rank = rankme(feats)
-    log.write({"step": state.step, "epoch": epoch, "rankme": rank, "teacher_entropy": entropy,
-               "teacher_entropy_max": math.log(cfg.out_dim)})
-    message = collapse_warning(entropy, rank, cfg.out_dim)
-    if message:
-        logger.warning("epoch %d %s", epoch, message)
+def build_dino(cfg: PretrainConfig):
+    """(student, teacher, DINO loss, hybrid head or None). The teacher starts as a copy of the
+    student; hybrid (paper Table 2) adds hybrid_weight x the class-weighted BCE of a linear head
+    on the student's global views."""
+    student, teacher = build_student_teacher(
+        cfg.arch, img_size=cfg.image_size, out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim,
+        bottleneck_dim=cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer, drop_path_rate=cfg.drop_path_rate)
+    hybrid_head = torch.nn.Linear(student.backbone.num_features, L.NUM_CLASSES) if cfg.hybrid else None
+    dino_loss = DINOLoss(cfg.out_dim, n_global_crops=2, warmup_teacher_temp=cfg.warmup_teacher_temp,
+                         teacher_temp=cfg.teacher_temp, warmup_teacher_temp_epochs=cfg.warmup_teacher_temp_epochs,
+                         n_epochs=cfg.epochs, student_temp=cfg.student_temp, center_momentum=cfg.center_momentum)
+    return student, teacher, dino_loss, hybrid_head
 
 
-def knn_frames(cfg, data, train_hf):
-    """(memory bank, eval frames) of the kNN check: a fixed `knn_max_train` slice of train and the
-    val split; None when either has no labels."""
-    val = load_split(data, cfg.val_split, labelled=False, required=False)
-    if "labels" not in train_hf.column_names or val is None or "labels" not in val.column_names:
-        return None
-    return fixed_subset(train_hf, cfg.knn_max_train, cfg.seed), val
+def monitors(cfg: PretrainConfig, run, train_hf):
+    """(RankMe probe frames, kNN curve), main process only: the probe is the val split if there
+    is one, else a fixed slice of train."""
+    if not run.accelerator.is_main_process:
+        return None, None
+    probe = None
+    if cfg.rankme_samples > 0:
+        probe = fixed_subset(load_split(run.data, cfg.val_split, labelled=False, required=False) or train_hf,
+                             cfg.rankme_samples, cfg.seed)
+    return probe, (KnnCurve(cfg, run.data, train_hf) if cfg.knn_every_epochs else None)
 
 
-def knn_metrics(cfg, backbone, frames, device, name: str) -> dict[str, float]:
-    """kNN F2_CIW / F1_Normal / mAP of `backbone`'s CLS features on `knn_frames`."""
-    from sewer_hf.models.knn import knn_evaluate
-
-    bank, val = frames
-    tr_f, tr_y = embed(backbone, bank, cfg.image_size, device, desc=f"knn {name} train")
-    va_f, va_y = embed(backbone, val, cfg.image_size, device, desc=f"knn {name} eval")
-    metrics = knn_evaluate(tr_f, tr_y, va_f, va_y, k=cfg.knn_k, temperature=cfg.knn_temperature)
-    return {k: float(metrics[k]) for k in ("F2_CIW", "F1_Normal", "mAP")}
-
-
-class KnnCurve:
-    """kNN of the teacher every `knn_every_epochs` epochs, on the same fixed frames as the final
-    report: does pretraining still improve the features? Silent when the data has no labels."""
-
-    def __init__(self, cfg, data, train_hf) -> None:
-        self.cfg, self.frames = cfg, knn_frames(cfg, data, train_hf)
-
-    def log(self, backbone, device, state, log, epoch: int) -> None:
-        if self.frames is None:
-            return
-        metrics = knn_metrics(self.cfg, backbone, self.frames, device, "curve")
-        log.write({"step": state.step, "epoch": epoch, **{f"knn_{k}": v for k, v in metrics.items()}})
+def save_rank_state(run, teacher, dino_loss) -> None:
+    """rank_states/rank<i>.safetensors: this process's teacher and centre."""
+    rank_dir = run.out / "rank_states"
+    rank_dir.mkdir(exist_ok=True)
+    tensors = {f"teacher.{k}": v.detach().float().cpu().contiguous() for k, v in unwrap(teacher).state_dict().items()}
+    tensors["center"] = dino_loss.center.detach().float().cpu().contiguous()
+    save_file(tensors, str(rank_dir / f"rank{run.accelerator.process_index}.safetensors"))
 
 
 def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dict[str, Any]:
     """Write backbone/ (transformers ViTModel), dino/ (full state) and knn.json."""
-    from safetensors.torch import save_file
-
-    from sewer_hf.models.hf_export import save_backbone
-
     out = Path(cfg.output_dir)
-    teacher = _unwrap(teacher)
+    teacher = unwrap(teacher)
     save_backbone(teacher.backbone, out / "backbone", image_size=cfg.image_size,
                   extra_config={"sewer_hf": {"stage": "dino_pretrain", "arch": cfg.arch}})
     full = out / "dino"
     full.mkdir(exist_ok=True)
-    student_sd = _unwrap(accelerator.unwrap_model(student)).state_dict()
+    student_sd = unwrap(accelerator.unwrap_model(student)).state_dict()
     save_file({k: v.detach().contiguous().cpu() for k, v in student_sd.items()}, str(full / "student.safetensors"))
     save_file({k: v.detach().contiguous().cpu() for k, v in teacher.state_dict().items()},
               str(full / "teacher.safetensors"))
@@ -324,17 +212,3 @@ def finish(cfg, accelerator, student, teacher, dino_loss, data, train_hf) -> dic
     return result
 
 
-def knn_report(cfg, backbone, data, train_hf, device) -> Optional[dict[str, Any]]:
-    """kNN of the pretrained teacher backbone vs the same architecture at random init."""
-    from sewer_hf.models.vit import create_backbone
-
-    frames = knn_frames(cfg, data, train_hf)
-    if frames is None:
-        return None
-    torch.manual_seed(cfg.seed)
-    random_backbone = create_backbone(cfg.arch, img_size=cfg.image_size).to(device)
-    report: dict[str, Any] = {"eval_split": cfg.val_split, "k": cfg.knn_k, "temperature": cfg.knn_temperature,
-                              "n_train": len(frames[0]), "n_eval": len(frames[1])}
-    for name, net in (("pretrained", backbone), ("random_init", random_backbone)):
-        report[name] = knn_metrics(cfg, net, frames, device, name)
-    return report

@@ -1,8 +1,10 @@
-"""What every training recipe shares: Accelerate set-up, atomic checkpoints with resume,
-the metrics.jsonl log, a progress bar with img/s, and the stop on a non-finite loss.
+"""A training run, as both loops share it: the ``Run`` object (Accelerate set-up, seeding,
+``output_dir`` checks, the checkpointed counters, atomic checkpoints with resume, the
+metrics.jsonl log, a progress bar with img/s, the stop on a non-finite loss, the push at the end).
 
 Used by DINO pretraining and fine-tuning alike, so behaviour (precision, checkpoints, resume,
-logging) is the same in both.
+logging) is the same in both. How a batch is made is ``sewer_hf.feed.pipeline``'s business;
+schedules and optimiser pieces are ``sewer_hf.train.optim``'s.
 """
 from __future__ import annotations
 
@@ -14,14 +16,19 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
 
+from sewer_hf.config import save_config, to_dict
+from sewer_hf.data.sources import ensure_synthetic_data
 from sewer_hf.errors import ConfigError, SewerHFError
-from sewer_hf.feed.machine import MachinePlan, plan_for_machine
+from sewer_hf.feed.pipeline import train_batches
+from sewer_hf.hub.publish import check_push_config, push_after_run
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +40,112 @@ class NonFiniteLossError(SewerHFError, FloatingPointError):
     """Raised when the loss is NaN/inf; the last good checkpoint is left untouched."""
 
 
+class Run:
+    """One training run: what every part of a training loop needs, in one object.
+
+    ``Run(cfg, state)`` checks the Hub settings and ``output_dir``, builds the Accelerator, seeds,
+    writes ``config.yaml`` and resolves the data (``run.data``); it owns the checkpointed
+    counters (``state``), the checkpoints, the metrics log and, once ``start`` is called, the
+    progress bar. The loops read as::
+
+        run = Run(cfg, TrainState())
+        ...  # data, model, optimizer, accelerator.prepare, register_for_checkpointing
+        run.start(total_steps, project="pretrain_dino", desc="pretrain")  # resume, trackers, bar
+        for epoch, batches in run.epochs(loader, feed):
+            for batch in batches:
+                ...  # forward, run.optimizer_step(...)
+                if run.step_done(n_images, loss, record):
+                    break
+            if run.epoch_ended(loader):
+                ...  # epoch-end metrics
+                run.save()
+        run.close()
+        ...
+        run.end(result, export_dir)  # trackers finished, process group down, --push_to_hub
+    """
+
+    def __init__(self, cfg: Any, state: TrainState) -> None:
+        check_push_config(cfg)  # --push_to_hub: no id or no token fails now, not after training
+        self.cfg, self.state = cfg, state
+        self.accelerator, self.data = start_run(cfg)
+        self.out = Path(cfg.output_dir)
+        self.ckpt = CheckpointManager(self.accelerator, self.out, keep_last=cfg.keep_last)
+        self.log = MetricsLog(self.accelerator, self.out)
+        self.progress: Optional[Progress] = None
+        self._bar: tuple[int, str] = (0, "")
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.accelerator.num_processes * self.cfg.gradient_accumulation_steps
+
+    def steps_per_epoch(self, loader) -> int:
+        """Optimizer steps in an epoch of ``loader`` (its batches over the accumulation)."""
+        return max(1, math.floor(len(loader) / self.cfg.gradient_accumulation_steps))
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """``epochs`` of steps, or ``max_steps`` when that stops the run earlier."""
+        full = self.cfg.epochs * steps_per_epoch
+        return full if self.cfg.max_steps is None else min(self.cfg.max_steps, full)
+
+    def start(self, total_steps: int, project: str, desc: str) -> None:
+        """Load ``resume_from_checkpoint`` (if any) and start the trackers; the progress bar
+        (``desc``, ``total_steps``) opens with the first epoch, after the run's opening line."""
+        resume_and_track(self.accelerator, self.cfg, self.state, self.ckpt, self.log, project)
+        self._bar = (total_steps, desc)
+
+    def epochs(self, loader, feed):
+        """``(epoch, its batches)`` while steps and epochs are left (``train_batches``)."""
+        if self.progress is None:
+            self.progress = Progress(self.accelerator, self.cfg, self.state, self.ckpt, self.log, *self._bar)
+        while not self.progress.finished and self.state.epoch < self.cfg.epochs:
+            yield self.state.epoch, train_batches(feed, loader, self.state, self.accelerator)
+
+    def optimizer_step(self, loss: torch.Tensor, model, optimizer, before_step: Optional[Callable[[], None]] = None) -> None:
+        """Inside ``accelerator.accumulate``: stop on a non-finite loss, backward, and when the
+        gradients sync, clip them (``clip_grad``) and call ``before_step``; then step."""
+        accelerator = self.accelerator
+        check_finite(accelerator, loss, self.state.step, self.ckpt)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            if self.cfg.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), self.cfg.clip_grad)  # unscales fp16 first
+            if before_step is not None:
+                before_step()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def step_done(self, n_images: int, loss: torch.Tensor, record: dict[str, Any]) -> bool:
+        """Count an optimizer step (``Progress.step_done``); True when the run has all its steps."""
+        self.progress.step_done(n_images, loss, record)
+        return self.progress.finished
+
+    def epoch_ended(self, loader) -> bool:
+        """True, with the epoch counter moved on, when the epoch ran to its end (not when
+        ``max_steps`` stopped it mid-way)."""
+        if self.state.batches_in_epoch < len(loader):
+            return False
+        self.state.end_epoch()
+        return True
+
+    def save(self) -> None:
+        self.progress.save()
+
+    def close(self) -> None:
+        """The progress bar closed, a last checkpoint, the skipped images reported."""
+        self.progress.close()
+
+    def end(self, result: dict[str, Any], export_dir: Path) -> dict[str, Any]:
+        """Trackers finished and the process group down (``end_training``); with
+        ``push_to_hub``, ``export_dir`` uploaded (its URL in ``result``)."""
+        self.accelerator.wait_for_everyone()
+        end_training(self.accelerator)
+        if self.cfg.push_to_hub and self.accelerator.is_main_process:
+            result["hub_url"] = push_after_run(self.cfg, export_dir)
+        return result
+
+
 def make_accelerator(cfg: Any):
     """An Accelerator from the common config keys (mixed precision, accumulation, tracker)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     report_to = None if (cfg.report_to in (None, "none", "")) else cfg.report_to
     cfg.mixed_precision = effective_precision(cfg.mixed_precision)  # config.yaml and the log say what runs
@@ -79,8 +187,6 @@ def end_training(accelerator) -> None:
 def effective_precision(mixed_precision: str) -> str:
     """The precision a run really gets. fp16 autocast needs an accelerator: on the CPU accelerate
     silently runs fp32, so say so and run "no" (fp32) openly; bf16 autocasts on the CPU too."""
-    from accelerate import PartialState
-
     if mixed_precision == "fp16" and PartialState().device.type == "cpu":
         message = ("mixed_precision=fp16 has no effect on the CPU (fp16 autocast needs a GPU): this run trains in "
                    "fp32 (mixed_precision=no); use mixed_precision=bf16 for mixed precision on a CPU")
@@ -108,135 +214,9 @@ class TrainState:
         for key, value in state.items():
             setattr(self, key, value)
 
-    def epoch_batches(self, loader, data: "TrainData", accelerator):
-        """The batches of the current epoch: same shuffled order on every process count (seedable
-        sampler + per-sample seeded augmentation) and, after a resume, the batches already
-        consumed in this epoch are skipped.
-
-        With ``data.augment`` (the device-side augmentation) each batch's "pixel_values" are
-        moved to the device and replaced by its output, drawn from ``augment_generator`` (keyed
-        by seed, epoch, batch and process). A batch of encoded images (``"encoded"``, from a
-        dataset with ``encoded=True``) is first decoded on the device to ``data.decode_size``
-        squares; unreadable ones are dropped with their rows and counted as skipped.
-        ``data.feed == "thread"`` prepares the next batches in a background thread
-        (``DevicePrefetcher``); the counters still advance only as batches are handed out, so a
-        checkpoint never counts a batch that was prepared but not trained."""
-        from sewer_hf.feed.device import DevicePrefetcher, decode_batch_skipping
-
-        loader.set_epoch(self.epoch)
-        if hasattr(data.dataset, "set_epoch"):
-            data.dataset.set_epoch(self.epoch)
-        start, epoch = self.batches_in_epoch, self.epoch
-        batches = accelerator.skip_first_batches(loader, start) if start else loader
-
-        def prepare(numbered):
-            index, batch = numbered
-            if batch is not None and "encoded" in batch:
-                batch = decoded(batch)
-            if batch is None or data.augment is None or "pixel_values" not in batch:
-                return index, batch
-            pixels = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-            generator = augment_generator(data.seed, epoch, index, accelerator)
-            with torch.no_grad():  # grad mode is per thread: say it here too
-                return index, {**batch, "pixel_values": data.augment(pixels, generator=generator)}
-
-        def decoded(batch):
-            """The encoded images decoded on the device; unreadable ones leave with their rows."""
-            encoded = [torch.from_numpy(data) for data in batch.pop("encoded")]
-            pixels, kept = decode_batch_skipping(encoded, accelerator.device, data.decode_size)
-            skipped = batch.get("n_skipped", 0) + len(encoded) - len(kept)
-            if pixels is None:  # nothing left to train on: only the count goes on
-                return {"n_skipped": skipped}
-            if len(kept) < len(encoded):
-                rows = torch.tensor(kept)
-                batch = {key: value[rows.to(value.device)] if key in ("labels", "index") else value
-                         for key, value in batch.items()}
-            return {**batch, "pixel_values": pixels, "n_skipped": skipped}
-
-        numbered = enumerate(batches, start=start + 1)
-        for index, batch in DevicePrefetcher(numbered, prepare, accelerator.device, mode=data.feed):
-            self.batches_in_epoch = index
-            if batch is None:  # every image of this batch was unreadable
-                continue
-            self.skipped_images += int(batch.get("n_skipped", 0))
-            if "pixel_values" not in batch:  # every image failed to decode on the device
-                continue
-            yield batch
-
     def end_epoch(self) -> None:
         self.epoch += 1
         self.batches_in_epoch = 0
-
-
-def augment_generator(seed: int, epoch: int, batch: int, accelerator) -> torch.Generator:
-    """The generator of the device-side augmentation of batch ``batch`` (1-based) of ``epoch``:
-    keyed by (seed, epoch, batch, process), so each micro-batch draws its own views and a
-    resumed run draws the same ones."""
-    key = ((seed * 1_000_003 + epoch) * 1_000_003 + batch) * 1_009 + accelerator.process_index
-    return torch.Generator(device=accelerator.device).manual_seed(key % 2**63)
-
-
-@dataclass
-class TrainData:
-    """The training split as ``TrainState.epoch_batches`` reads it."""
-
-    dataset: Any  # what the DataLoader reads
-    augment: Any = None  # the device-side augmentation; None: the CPU workers augment
-    decode_size: Optional[int] = None  # the square that encoded images are decoded to on the device
-    feed: str = "inline"  # DevicePrefetcher mode of the device-side preparation
-    seed: int = 0
-    plan: Optional[MachinePlan] = None  # loader workers and torch threads for this machine
-
-    @property
-    def workers(self) -> int:
-        return self.plan.workers if self.plan is not None else 0
-
-    def describe(self) -> str:
-        """Where the augmentation runs and how the cores are used, for the run's opening line."""
-        if self.augment is None:
-            where = "per image in the loader" + (" workers" if self.workers else " (main process)")
-        else:
-            where = ("batched on the " + ("CPU" if self.plan is not None and self.plan.threads is not None else "device")
-                     + (", images decoded there" if getattr(self.dataset, "encoded", False) else "")
-                     + (", the next batches prepared in a background thread" if self.feed == "thread" else ""))
-        return where + (f"; {self.plan.describe()}" if self.plan is not None else "")
-
-
-def train_data(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[], Any],
-               device_augment: Callable[[str], torch.nn.Module], decode_size: int, with_labels: bool = True) -> TrainData:
-    """The training split with the augmentation where ``cfg`` puts it.
-
-    ``gpu_augment`` (None: on, the CPU included): the workers only decode and resize to ``decode_size``
-    (or, with ``decode_on_device``, hand over the encoded bytes) and ``device_augment(dtype)``
-    draws the views batched on the device, compiled with ``compile_augment``. ``device_feed``
-    auto prepares those batches in a background thread on CUDA when every batch is its own
-    optimizer step: accelerate learns that an epoch ends from the loader (it syncs the last
-    accumulation there), so with gradient accumulation the loader must not be read ahead.
-    Otherwise ``cpu_transform()`` augments in the workers, each image seeded."""
-    from sewer_hf.feed.augment import DecodeForGPU
-    from sewer_hf.data.torch_dataset import SewerTorchDataset
-    from sewer_hf.feed.batched import compile_augment
-
-    device = accelerator.device
-    if cfg.gpu_augment is False:  # None (auto) = batched, on any device
-        if cfg.decode_on_device:
-            raise ConfigError("decode_on_device hands the encoded images to the device-side augmentation: it needs "
-                              "gpu_augment (on by default)")
-        if cfg.device_feed == "thread":
-            raise ConfigError("device_feed=thread prepares batches for the device-side augmentation: it needs "
-                              "gpu_augment (on by default); with per-image augmentation use device_feed=inline or auto")
-        # the workers draw the augmentation: seed each image (decoding alone draws nothing)
-        dataset = SeededAugmentation(SewerTorchDataset(hf_dataset, cpu_transform(), with_labels=with_labels), cfg.seed)
-        return TrainData(dataset, seed=cfg.seed, plan=plan_for_machine(cfg, accelerator, dataset))
-    augment = device_augment(cfg.gpu_augment_dtype).to(device)
-    if cfg.compile_augment:
-        augment = compile_augment(augment)
-    transform = None if cfg.decode_on_device else DecodeForGPU(decode_size)
-    dataset = SewerTorchDataset(hf_dataset, transform, with_labels=with_labels, encoded=cfg.decode_on_device)
-    feed = cfg.device_feed  # thread with accumulation: refused by the config's validate()
-    if feed == "auto":
-        feed = "thread" if device.type == "cuda" and cfg.gradient_accumulation_steps == 1 else "inline"
-    return TrainData(dataset, augment, decode_size, feed, cfg.seed, plan_for_machine(cfg, accelerator, dataset))
 
 
 class CheckpointManager:
@@ -373,11 +353,6 @@ def start_run(cfg: Any):
     """Validate the config, check ``output_dir`` (see ``check_output_dir``; cleared with
     ``overwrite_output_dir``), build the Accelerator, seed, write `<output_dir>/config.yaml`, and
     resolve the data (a synthetic set is generated once when `data` is None)."""
-    from accelerate.utils import set_seed
-
-    from sewer_hf.config import save_config
-    from sewer_hf.data.sources import ensure_synthetic_data
-
     cfg.validate()
     stale = check_output_dir(cfg)  # every process, before any of them writes there
     accelerator = make_accelerator(cfg)
@@ -401,8 +376,6 @@ def start_run(cfg: Any):
 def resume_and_track(accelerator, cfg: Any, state: TrainState, ckpt: CheckpointManager, log: "MetricsLog",
                      project: str) -> None:
     """Load `resume_from_checkpoint` (if any) and start the trackers (TensorBoard, ...)."""
-    from sewer_hf.config import to_dict
-
     resume = ckpt.resolve(cfg.resume_from_checkpoint)
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -422,8 +395,6 @@ class Progress:
 
     def __init__(self, accelerator, cfg: Any, state: TrainState, ckpt: CheckpointManager, log: "MetricsLog",
                  total_steps: int, desc: str) -> None:
-        from tqdm.auto import tqdm
-
         self.accelerator, self.cfg, self.state, self.ckpt, self.log = accelerator, cfg, state, ckpt, log
         self.total_steps = total_steps
         self.last_saved = state.step
@@ -462,27 +433,6 @@ class Progress:
             self.accelerator.print(f"warning: {self.state.skipped_images} unreadable images were skipped")
 
 
-def make_adamw(param_groups, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with the fused kernel wherever torch has one (CUDA and the CPU): on a 2-core CPU it
-    cut the fine-tuning step by ~5 % (the optimizer step 21 -> 7.5 ms for ViT-T)."""
-    return torch.optim.AdamW(param_groups, fused=torch.device(device).type in ("cuda", "cpu"))
-
-
-def mark_weight_decay_groups(optimizer, weight_decay: float) -> None:
-    """Tag the groups that take weight decay (param_groups() gives no-decay groups wd=0)."""
-    for group in optimizer.param_groups:
-        group["apply_wd"] = group.get("weight_decay", 0.0) != 0.0 and not group.get("no_decay", False)
-        group["weight_decay"] = weight_decay if group["apply_wd"] else 0.0
-
-
-def set_lr_wd(optimizer, lr: float, weight_decay: Optional[float] = None) -> None:
-    """The scheduled lr (times a group's ``lr_scale``, e.g. a new head's) and weight decay."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-        if weight_decay is not None and group.get("apply_wd"):
-            group["weight_decay"] = weight_decay
-
-
 class Throughput:
     """Images per second over a sliding window of recent steps (what the progress bar shows)."""
 
@@ -497,45 +447,3 @@ class Throughput:
             return float("nan")
         elapsed = self.events[-1][0] - self.events[0][0]
         return sum(n for _, n in self.events[1:]) / elapsed if elapsed > 0 else float("nan")
-
-
-class SeededAugmentation(torch.utils.data.Dataset):
-    """Seeds the augmentation of item i from (seed, epoch, i): the views of an image do not depend
-    on the number of processes or workers, so 1-process and N-process runs see the same batches
-    and a resumed run re-creates exactly the views it would have drawn. It seeds torch's global
-    generator (in a fork), so it is only for loaders read in the training thread or in worker
-    processes (the feed thread only serves the device-side augmentation, which needs no seeding
-    here)."""
-
-    def __init__(self, dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_003 + int(index)) % (2**63))
-            return self.dataset[index]
-
-
-def make_train_loader(train: TrainData, cfg: Any, collate_fn):
-    """Shuffled, drop-last DataLoader over the training split (prepare() shards it), with the
-    machine plan's workers."""
-    return torch.utils.data.DataLoader(
-        train.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=train.workers,
-        collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,  # workers must see the new epoch set on the dataset
-        generator=torch.Generator().manual_seed(cfg.seed))
-
-
-def scaled_lr(base_lr: float, global_batch: int) -> float:
-    """The paper's linear scaling rule: lr = base_lr * global_batch / 256."""
-    return base_lr * global_batch / 256.0
-
-
-def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
-    return max(1, math.floor(n_batches / grad_accum))

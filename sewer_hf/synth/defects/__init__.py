@@ -6,15 +6,25 @@
 from __future__ import annotations
 
 from sewer_hf.synth.defects.connections import (
-    paint_branch_pipe, paint_chiseled, paint_construction_change, paint_drilled,
-    paint_reinstatement_cut, paint_transition_profile,
+    paint_branch_pipe,
+    paint_chiseled,
+    paint_construction_change,
+    paint_drilled,
+    paint_reinstatement_cut,
+    paint_transition_profile,
 )
 from sewer_hf.synth.defects.objects import (
-    paint_intruding_seal, paint_obstacle, paint_roots, paint_settled_deposits,
+    paint_intruding_seal,
+    paint_obstacle,
+    paint_roots,
+    paint_settled_deposits,
 )
 from sewer_hf.synth.defects.shape import paint_deformation, paint_displaced_joint
 from sewer_hf.synth.defects.surface import (
-    paint_attached_deposits, paint_cracks, paint_infiltration, paint_production_error,
+    paint_attached_deposits,
+    paint_cracks,
+    paint_infiltration,
+    paint_production_error,
     paint_surface_damage,
 )
 

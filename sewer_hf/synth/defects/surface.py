@@ -7,7 +7,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sewer_hf.synth.defects._draw import (
-    nearest_joint, pick_theta, textured_fill, upper_theta, wall_blob,
+    nearest_joint,
+    pick_theta,
+    textured_fill,
+    upper_theta,
+    wall_blob,
 )
 from sewer_hf.synth.pipe import Scene
 
