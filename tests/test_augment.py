@@ -228,3 +228,19 @@ def test_pretrain_augmentation_by_name_crops_keeps_colours():
     assert set(PRETRAIN_AUGMENTATIONS) == {"paper", "crops"}
     with pytest.raises(ConfigError, match="augmentation='colour'"):
         PretrainConfig(augmentation="colour").validate()
+
+
+def test_both_implementations_build_the_same_spec_from_the_same_arguments():
+    from sewer_hf.errors import ConfigError
+    from sewer_hf.feed.batched import GPUFinetuneAugment, GPUPretrainAugment
+    from sewer_hf.feed.spec import pretrain_augmentation
+
+    given = dict(config=pretrain_augmentation("crops"), size=32, n_local_crops=2, local_size=16,
+                 local_scale=[0.1, 0.3], mean=[0.5, 0.5, 0.5])
+    cpu, batched = PretrainTransform(**given), GPUPretrainAugment(**given)
+    assert cpu.config == batched.config
+    assert cpu.config.local_scale == (0.1, 0.3) and cpu.config.mean == (0.5, 0.5, 0.5) and cpu.config.blur_p == 0.0
+    assert GPUFinetuneAugment(24, erase_p=0.0).config == FinetuneAugConfig(size=24, erase_p=0.0)
+    for build in (PretrainTransform, GPUPretrainAugment):
+        with pytest.raises(ConfigError, match="PretrainAugConfig has no field 'local_crops'"):
+            build(local_crops=2)

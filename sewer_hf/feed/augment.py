@@ -87,27 +87,16 @@ def _pretrain_view(config: PretrainAugConfig, size: int, scale: tuple[float, flo
 class PretrainTransform:
     """PIL RGB image -> list of float (3,size,size) views: 2 global, then ``n_local_crops`` local.
 
-    Arguments left as None take their value from ``config`` (default: ``PretrainAugConfig()``,
-    the paper's values). Local views (multi-crop, for the comparison config only; the paper uses
-    none) share the global views' photometric pipeline at ``local_size`` and ``local_scale``.
+    The spec is ``config`` (default: ``PretrainAugConfig()``, the paper's values) with any of its
+    fields given as keywords put in (``spec_with``, as ``GPUPretrainAugment`` builds it). Local
+    views (multi-crop, for the comparison config only; the paper uses none) share the global
+    views' photometric pipeline at ``local_size`` and ``local_scale``.
     """
 
     n_global_views = 2
 
-    def __init__(
-        self,
-        size: int | None = None,
-        scale: tuple[float, float] | None = None,
-        n_local_crops: int | None = None,
-        local_size: int | None = None,
-        local_scale: tuple[float, float] | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        *,
-        config: PretrainAugConfig | None = None,
-    ) -> None:
-        self.config = spec_with(config or PretrainAugConfig(), mean, std, size=size, scale=scale,
-                                n_local_crops=n_local_crops, local_size=local_size, local_scale=local_scale)
+    def __init__(self, config: PretrainAugConfig | None = None, **spec_values: Any) -> None:
+        self.config = spec_with(config or PretrainAugConfig(), **spec_values)
         cfg = self.config
         self.global_view = _pretrain_view(cfg, cfg.size, cfg.scale)
         self.local_view = _pretrain_view(cfg, cfg.local_size, cfg.local_scale) if cfg.n_local_crops else None
@@ -122,17 +111,13 @@ class PretrainTransform:
         return f"{type(self).__name__}({self.config})"
 
 
-def finetune_transform(
-    size: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    *,
-    config: FinetuneAugConfig | None = None,
-) -> Callable:
-    """PIL RGB image -> float (3,size,size) tensor with the paper's fine-tuning augmentations."""
+def finetune_transform(size: int | None = None, *, config: FinetuneAugConfig | None = None,
+                       **spec_values: Any) -> Callable:
+    """PIL RGB image -> float (3,size,size) tensor with the paper's fine-tuning augmentations:
+    ``config`` (default ``FinetuneAugConfig()``) with ``size`` and any other field put in."""
     from torchvision.transforms import v2
 
-    cfg = spec_with(config or FinetuneAugConfig(), mean, std, size=size)
+    cfg = spec_with(config or FinetuneAugConfig(), size=size, **spec_values)
     pipeline = v2.Compose(
         [
             v2.Resize((cfg.size, cfg.size), interpolation=_interpolation(cfg.interpolation), antialias=True),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -485,29 +485,17 @@ class GPUPretrainAugment(nn.Module):
     """uint8 (B,3,H,W) batch -> list of float (B,3,size,size) views: 2 global, then
     ``n_local_crops`` local, each sample with its own random parameters (paper App. A).
 
-    Arguments left as None come from ``config`` (default ``PretrainAugConfig()``).
+    The spec is ``config`` (default ``PretrainAugConfig()``) with any of its fields given as
+    keywords put in (``spec_with``, as ``PretrainTransform`` builds it).
     ``antialias_prescale``: shrink a large batch once (antialiased) so the smallest crop maps
     about 1:1 to the output; crops are drawn on the shrunk image (same fractions)."""
 
     n_global_views = 2
 
-    def __init__(
-        self,
-        size: int | None = None,
-        scale: tuple[float, float] | None = None,
-        n_local_crops: int | None = None,
-        local_size: int | None = None,
-        local_scale: tuple[float, float] | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        *,
-        config: PretrainAugConfig | None = None,
-        antialias_prescale: bool = True,
-        photometric_dtype: str = "auto",
-    ) -> None:
+    def __init__(self, config: PretrainAugConfig | None = None, *, antialias_prescale: bool = True,
+                 photometric_dtype: str = "auto", **spec_values: Any) -> None:
         super().__init__()
-        self.config = spec_with(config or PretrainAugConfig(), mean, std, size=size, scale=scale,
-                                n_local_crops=n_local_crops, local_size=local_size, local_scale=local_scale)
+        self.config = spec_with(config or PretrainAugConfig(), **spec_values)
         self.antialias_prescale = antialias_prescale
         resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
         self.photometric_dtype = photometric_dtype
@@ -588,17 +576,10 @@ class GPUFinetuneAugment(nn.Module):
     """uint8 (B,3,H,W) batch -> float (B,3,size,size): the paper's fine-tuning augmentations
     (full-image resize, jitter, flip, equalize, autocontrast, rotation, normalise, erasing)."""
 
-    def __init__(
-        self,
-        size: int | None = None,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        *,
-        config: FinetuneAugConfig | None = None,
-        photometric_dtype: str = "auto",
-    ) -> None:
+    def __init__(self, size: int | None = None, *, config: FinetuneAugConfig | None = None,
+                 photometric_dtype: str = "auto", **spec_values: Any) -> None:
         super().__init__()
-        self.config = spec_with(config or FinetuneAugConfig(), mean, std, size=size)
+        self.config = spec_with(config or FinetuneAugConfig(), size=size, **spec_values)
         resolve_photometric_dtype(photometric_dtype, torch.device("cpu"))  # a bad choice fails here, not mid-run
         self.photometric_dtype = photometric_dtype
         self.normalize = _Normalize(self.config.mean, self.config.std)

@@ -193,9 +193,13 @@ def blur_kernel_size_for(sigma_max: float) -> int:
     return 2 * math.ceil(3 * sigma_max) + 1
 
 
-def spec_with(config: Any, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **values: Any) -> Any:
-    """The spec an augmentation is built from: ``config`` with the arguments that are given
-    (not None) put in. The one constructor of both implementations, so the CPU transform and
-    the batched module read the same values from the same arguments."""
-    return with_overrides(config, mean=tuple(mean) if mean is not None else None,
-                          std=tuple(std) if std is not None else None, **values)
+def spec_with(config: Any, **values: Any) -> Any:
+    """The spec an augmentation is built from: ``config`` with the fields given as keywords (and
+    not None) put in, checked again. The one constructor of both implementations, so the CPU
+    transform and the batched module read the same values from the same arguments."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{type(config).__name__} has no field {', '.join(map(repr, unknown))}; "
+                          f"its fields: {', '.join(sorted(known))}")
+    return with_overrides(config, **values)
