@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from sewer_hf.config import RunConfig
 from sewer_hf.data import decode_rgb
 from sewer_hf.data.labels import SEWER_MEAN, SEWER_STD
 from sewer_hf.errors import ConfigError, DataError
@@ -134,7 +135,7 @@ def finetune_transform(size: int | None = None, *, config: FinetuneAugConfig | N
 
 
 def eval_transform(
-    size: int = 224,
+    size: int = RunConfig.image_size,
     mean: Sequence[float] = SEWER_MEAN,
     std: Sequence[float] = SEWER_STD,
     interpolation: str = "bicubic",

@@ -117,7 +117,7 @@ class PretrainAugConfig:
 class FinetuneAugConfig:
     """Fine-tuning augmentations (paper App. A). Change a value with ``dataclasses.replace``."""
 
-    size: int = 224  # full-image resize to 224x224, no crop (paper App. A)
+    size: int = PretrainConfig.image_size  # full-image resize to 224x224, no crop (paper App. A)
     interpolation: str = "bicubic"  # as for pretraining (paper: bicubic resizes)
     color_jitter: tuple[float, float, float, float] = DINO_COLOR_JITTER  # "consistent with pretraining"
     color_jitter_p: float = DINO_COLOR_JITTER_P  # DINO (paper: no value)

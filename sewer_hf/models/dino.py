@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sewer_hf.config import PretrainConfig
 from sewer_hf.errors import ConfigError
 
-# DINO paper defaults (Caron et al. 2021, and the official main_dino.py).
-STUDENT_TEMP = 0.1
-CENTER_MOMENTUM = 0.9
+# DINO's defaults (Caron et al. 2021, the official main_dino.py), as the config holds them.
+STUDENT_TEMP = PretrainConfig.student_temp
+CENTER_MOMENTUM = PretrainConfig.center_momentum
 RANKME_EPS = 1e-7
 
 

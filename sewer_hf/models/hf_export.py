@@ -28,7 +28,7 @@ from torch import nn
 
 from sewer_hf.data.labels import CLASSES, NUM_CLASSES, SEWER_MEAN, SEWER_STD, id2label, label2id
 from sewer_hf.errors import ConfigError
-from sewer_hf.models.vit import build_classifier, create_backbone
+from sewer_hf.models.vit import IMAGE_SIZE, build_classifier, create_backbone
 
 THRESHOLDS_KEY = "sewer_thresholds"
 DEFAULT_THRESHOLD = 0.5
@@ -36,7 +36,7 @@ PARITY_TOLERANCE = 1e-4
 WEIGHTS_NAME = "model.safetensors"
 
 
-def make_image_processor(image_size: int = 224):
+def make_image_processor(image_size: int = IMAGE_SIZE):
     """Plain resize to ``image_size`` (bicubic, no crop), rescale 1/255, Sewer-ML mean/std."""
     from transformers import ViTImageProcessor
     from transformers.image_utils import PILImageResampling
@@ -187,7 +187,7 @@ def _verify(out: Path, model_class, reference: nn.Module, image_size: int, outpu
 
 
 def save_backbone(
-    backbone: nn.Module, out_dir, image_size: int = 224, extra_config: Mapping | None = None, verify: bool = True
+    backbone: nn.Module, out_dir, image_size: int = IMAGE_SIZE, extra_config: Mapping | None = None, verify: bool = True
 ) -> Path:
     """Write a ``ViTModel`` folder (``AutoModel``, ``pipeline("image-feature-extraction")``).
 
@@ -239,7 +239,7 @@ def save_classifier(
     backbone: nn.Module,
     head: nn.Linear,
     out_dir,
-    image_size: int = 224,
+    image_size: int = IMAGE_SIZE,
     thresholds: Mapping[str, float] | Sequence[float] | None = None,
     extra_config: Mapping | None = None,
     verify: bool = True,

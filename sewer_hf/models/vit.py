@@ -11,17 +11,20 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from sewer_hf.config import PretrainConfig
 from sewer_hf.data.labels import NUM_CLASSES
 from sewer_hf.errors import ConfigError
 
 # Short names used on the command line -> timm model names.
 ARCHS: dict[str, str] = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224"}
 
-# Paper defaults (Sec. 3 and App. A; DINO's where the paper is silent).
-DEFAULT_OUT_DIM = 32768  # prototypes
-DEFAULT_HIDDEN_DIM = 2048
-DEFAULT_BOTTLENECK_DIM = 256
-STUDENT_DROP_PATH = 0.1
+# Paper defaults (Sec. 3 and App. A; DINO's where the paper is silent): the configs' own, which
+# hold every default once.
+DEFAULT_OUT_DIM = PretrainConfig.out_dim  # prototypes
+DEFAULT_HIDDEN_DIM = PretrainConfig.hidden_dim
+DEFAULT_BOTTLENECK_DIM = PretrainConfig.bottleneck_dim
+STUDENT_DROP_PATH = PretrainConfig.drop_path_rate
+IMAGE_SIZE = PretrainConfig.image_size
 
 
 def resolve_arch(arch: str) -> str:
@@ -34,7 +37,7 @@ def resolve_arch(arch: str) -> str:
     raise ConfigError(f"unknown architecture {arch!r}; expected one of: {known}")
 
 
-def create_backbone(arch: str = "vit_tiny", img_size: int = 224, drop_path_rate: float = 0.0):
+def create_backbone(arch: str = "vit_tiny", img_size: int = IMAGE_SIZE, drop_path_rate: float = 0.0):
     """A randomly initialised timm ViT whose ``forward`` returns the final-norm CLS token.
 
     ``dynamic_img_size=True`` lets it take any input size (the position embeddings keep the
@@ -148,7 +151,7 @@ class MultiCropWrapper(nn.Module):
 
 def build_student_teacher(
     arch: str,
-    img_size: int = 224,
+    img_size: int = IMAGE_SIZE,
     out_dim: int = DEFAULT_OUT_DIM,
     hidden_dim: int = DEFAULT_HIDDEN_DIM,
     bottleneck_dim: int = DEFAULT_BOTTLENECK_DIM,
