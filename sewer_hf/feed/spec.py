@@ -21,18 +21,14 @@ from sewer_hf.errors import ConfigError
 DINO_COLOR_JITTER: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
 
 
-
 DINO_COLOR_JITTER_P = 0.8
-
 
 
 # torchvision's RandomResizedCrop aspect-ratio range (also DINO's); the paper gives none.
 DEFAULT_CROP_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
 
 
-
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-
 
 
 def _check_range(name: str, value: Sequence[float], low: float, high: float | None = None) -> None:
@@ -42,14 +38,12 @@ def _check_range(name: str, value: Sequence[float], low: float, high: float | No
         raise ConfigError(f"{name}={tuple(value)!r}: expected (min, max) with {low} <= min <= max{upper}")
 
 
-
 def _check_probabilities(config: Any) -> None:
     for f in fields(config):
         if f.name.endswith("_p"):
             p = getattr(config, f.name)
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"{f.name}={p!r}: a probability must be in [0, 1]")
-
 
 
 def _check_common(config: Any) -> None:
@@ -65,7 +59,6 @@ def _check_common(config: Any) -> None:
     if len(config.mean) != 3 or len(config.std) != 3 or min(config.std) <= 0:
         raise ConfigError(f"mean={config.mean!r}, std={config.std!r}: expected 3 values each, std > 0")
     _check_probabilities(config)
-
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,6 @@ class PretrainAugConfig:
         _check_range("local_scale", self.local_scale, 0.0, 1.0)
 
 
-
 @dataclass(frozen=True)
 class FinetuneAugConfig:
     """Fine-tuning augmentations (paper App. A). Change a value with ``dataclasses.replace``."""
@@ -143,7 +135,6 @@ class FinetuneAugConfig:
         _check_range("erase_ratio", self.erase_ratio, 1e-6)
 
 
-
 # DINO's views by name (PretrainConfig.augmentation). "crops": the crops and flips alone, no
 # colour, blur, solarize or equalize: on small synthetic frames the paper's colour invariances
 # also discard the colour cues that tell several defect classes apart (see the README's
@@ -154,12 +145,10 @@ PRETRAIN_AUGMENTATIONS: dict[str, PretrainAugConfig] = {
 }
 
 
-
 def pretrain_augmentation(name: str) -> PretrainAugConfig:
     if name not in PRETRAIN_AUGMENTATIONS:
         raise ConfigError(f"augmentation={name!r}: expected one of {', '.join(PRETRAIN_AUGMENTATIONS)}")
     return PRETRAIN_AUGMENTATIONS[name]
-
 
 
 # Fine-tuning augmentation presets (the recipes' `augmentation` key). "flip": horizontal flips
@@ -173,19 +162,10 @@ FINETUNE_AUGMENTATIONS: dict[str, FinetuneAugConfig] = {
 }
 
 
-
 def finetune_augmentation(name: str) -> FinetuneAugConfig:
     if name not in FINETUNE_AUGMENTATIONS:
         raise ConfigError(f"augmentation={name!r}: expected one of {', '.join(FINETUNE_AUGMENTATIONS)}")
     return FINETUNE_AUGMENTATIONS[name]
-
-
-
-def with_overrides(config: Any, **values: Any) -> Any:
-    """``config`` with the values that are not None replaced (validated again)."""
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
-    return replace(config, **given) if given else config
-
 
 
 def blur_kernel_size_for(sigma_max: float) -> int:
@@ -202,4 +182,5 @@ def spec_with(config: Any, **values: Any) -> Any:
     if unknown:
         raise ConfigError(f"{type(config).__name__} has no field {', '.join(map(repr, unknown))}; "
                           f"its fields: {', '.join(sorted(known))}")
-    return with_overrides(config, **values)
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
+    return replace(config, **given) if given else config
