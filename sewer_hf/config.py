@@ -114,7 +114,7 @@ class PretrainConfig(RunConfig):
     n_local_crops: int = 0  # paper: two global views only, no multi-crop
     local_crop_size: int = 96
     local_crop_scale: tuple[float, float] = (0.05, 0.4)  # DINO (its global crops start at 0.4; the paper's at 0.5)
-    augmentation: str = "paper"  # paper (App. A) | crops (crops and flips only; sewer_hf.feed.augment.PRETRAIN_AUGMENTATIONS)
+    augmentation: str = "paper"  # paper (App. A) | crops (crops and flips only; sewer_hf.feed.spec.PRETRAIN_AUGMENTATIONS)
     # batched feeds: loader workers only decode and resize to this square size; None = 8/7 of
     # image_size rounded up to a multiple of 8 (256 for 224: room for the crops, no more pixels)
     decode_size: Optional[int] = None
@@ -155,7 +155,7 @@ class PretrainConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()  # the numeric domains, teacher_temp <= 0.07 and the crop scales included
-        _check_choice("augmentation", self.augmentation, ("paper", "crops"))  # sewer_hf.feed.augment.PRETRAIN_AUGMENTATIONS
+        _check_choice("augmentation", self.augmentation, ("paper", "crops"))  # sewer_hf.feed.spec.PRETRAIN_AUGMENTATIONS
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -347,7 +347,7 @@ class FinetuneConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()  # the numeric domains: fraction in (0, 1], lr_milestones in order, ...
-        _check_choice("augmentation", self.augmentation, ("paper", "flip"))  # sewer_hf.feed.augment.FINETUNE_AUGMENTATIONS
+        _check_choice("augmentation", self.augmentation, ("paper", "flip"))  # sewer_hf.feed.spec.FINETUNE_AUGMENTATIONS
         if self.linear_probe and not self.backbone:
             raise ConfigError("linear_probe needs --backbone DIR (a pretrained backbone/ folder)")
 

@@ -45,8 +45,8 @@ class Run:
 
     ``Run(cfg, state)`` checks the Hub settings and ``output_dir``, builds the Accelerator, seeds,
     writes ``config.yaml`` and resolves the data (``run.data``); it owns the checkpointed
-    counters (``state``), the checkpoints, the metrics log and, once ``start`` is called, the
-    progress bar. The loops read as::
+    counters (``state``), the checkpoints, the metrics log and the progress bar (opened with the
+    first epoch, after the run's opening line). The loops read as::
 
         run = Run(cfg, TrainState())
         ...  # data, model, optimizer, accelerator.prepare, register_for_checkpointing
@@ -72,7 +72,7 @@ class Run:
         self.ckpt = CheckpointManager(self.accelerator, self.out, keep_last=cfg.keep_last)
         self.log = MetricsLog(self.accelerator, self.out)
         self.progress: Optional[Progress] = None
-        self._bar: tuple[int, str] = (0, "")
+        self.bar_steps, self.bar_desc = 0, ""  # the progress bar's, set by start()
 
     @property
     def global_batch(self) -> int:
@@ -91,12 +91,13 @@ class Run:
         """Load ``resume_from_checkpoint`` (if any) and start the trackers; the progress bar
         (``desc``, ``total_steps``) opens with the first epoch, after the run's opening line."""
         resume_and_track(self.accelerator, self.cfg, self.state, self.ckpt, self.log, project)
-        self._bar = (total_steps, desc)
+        self.bar_steps, self.bar_desc = total_steps, desc
 
     def epochs(self, loader, feed):
         """``(epoch, its batches)`` while steps and epochs are left (``train_batches``)."""
         if self.progress is None:
-            self.progress = Progress(self.accelerator, self.cfg, self.state, self.ckpt, self.log, *self._bar)
+            self.progress = Progress(self.accelerator, self.cfg, self.state, self.ckpt, self.log, self.bar_steps,
+                                     self.bar_desc)
         while not self.progress.finished and self.state.epoch < self.cfg.epochs:
             yield self.state.epoch, train_batches(feed, loader, self.state, self.accelerator)
 
