@@ -105,6 +105,10 @@ def test_predict_path_matches_the_stock_pipeline(classifier_dir, image_files):
     theirs = processor(image, return_tensors="pt")["pixel_values"]
     ours = clf.resized(image).unsqueeze(0).float() * clf._scale + clf._shift
     assert torch.allclose(ours, theirs, atol=1e-5)
+    # a decoded RGB array (what `scan` hands over) takes a shortcut past PIL: the same pixels
+    rgb = np.array(Image.open(image_files[0]).convert("RGB"))
+    assert torch.equal(clf.resized(rgb), clf.resized(image))
+    assert torch.equal(clf.resized(rgb[::2, ::2]), clf.resized(Image.fromarray(rgb[::2, ::2].copy())))  # strided view
     # predict() on PIL images is the same path (other batch split: fp32 rounding only)
     assert np.abs(clf.predict([Image.open(p) for p in image_files]) - scores).max() <= 1e-5
 

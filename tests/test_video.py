@@ -122,7 +122,8 @@ def test_scan_writes_timeline_events_plot_and_html(classifier, footage, tmp_path
     assert times == pytest.approx(np.arange(FOOTAGE_SECONDS * 2) / 2, abs=0.06)
 
     doc = json.loads((out / "events.json").read_text())
-    assert doc["frames_sampled"] == FOOTAGE_SECONDS * 2 and doc["frames_decoded"] == FOOTAGE_SECONDS * 10
+    assert doc["frames_sampled"] == FOOTAGE_SECONDS * 2 and doc["frames_read"] == FOOTAGE_SECONDS * 10
+    assert doc["frames_sampled"] <= doc["frames_decoded"] <= doc["frames_read"]
     assert doc["corrupt_frames"] == 0 and set(doc["events"]) == set(L.CLASSES)
     assert doc["thresholds"]["RB"] == pytest.approx(0.05)
     # the defect flag and the events agree with the smoothed scores and the thresholds
@@ -138,6 +139,37 @@ def test_scan_writes_timeline_events_plot_and_html(classifier, footage, tmp_path
     assert L.CLASS_NAMES["RB"] in html and "src=\"http" not in html
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "scanned 16 frames" in capsys.readouterr().out
+
+
+def test_sampling_decodes_only_what_the_samples_need_and_keeps_their_pixels(footage):
+    """Frames no sample needs are skipped when nothing else is built from them (non-reference
+    frames); the sampled frames (the earliest of each 1/fps slot) and their pixels are exactly
+    those of decoding every frame."""
+    import math
+
+    import av
+
+    from sewer_hf.inference.video import DecodeStats, open_footage, sample_frames
+
+    def digest(frame):
+        return hashlib.sha256(frame.to_ndarray(format="rgb24").tobytes()).hexdigest()
+
+    expected, next_slot = [], 0
+    with av.open(str(footage)) as container:  # the reference: every frame decoded
+        for frame in container.decode(video=0):
+            slot = math.floor(float(frame.time) * 2 + 1e-6)
+            if slot >= next_slot:
+                next_slot = slot + 1
+                expected.append((round(float(frame.time), 6), digest(frame)))
+    container, stream, info = open_footage(footage)
+    stats = DecodeStats()
+    with container:
+        got = [(round(t, 6), digest(frame)) for t, frame in sample_frames(container, stream, info, 2.0, stats)]
+    assert got == expected and len(got) == FOOTAGE_SECONDS * 2
+    assert info.codec == "h264", "the synthetic footage is H.264 with B-frames"
+    assert stats.read == FOOTAGE_SECONDS * 10 and stats.sampled == len(got)
+    assert stats.decoded < stats.read, "the non-reference frames between samples were skipped"
+    assert stats.last_frame_s == pytest.approx(FOOTAGE_SECONDS - 0.1, abs=1e-6), "coverage counts skipped frames"
 
 
 def test_damaged_packets_are_skipped_and_counted(classifier, footage, tmp_path):

@@ -212,8 +212,11 @@ class SewerClassifier:
         import torchvision.transforms.v2.functional as F
 
 
-        image = decode_rgb(image, strict=True)
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            # decoded RGB already (a video frame): decode_rgb would give back these very pixels
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        else:
+            pixels = torch.from_numpy(np.array(decode_rgb(image, strict=True), dtype=np.uint8)).permute(2, 0, 1)
         width, height = self.size
         if pixels.shape[1:] == (height, width):
             return pixels

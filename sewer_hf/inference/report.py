@@ -42,6 +42,7 @@ def events_document(result) -> dict:
         "sample_fps": result.sample_fps,
         "smoothing": {"method": "centred moving average", "window_samples": result.smooth},
         "merge_gap_s": result.merge_gap_s,
+        "frames_read": result.stats.read,  # every frame in the file (decoded or skipped as needed by no sample)
         "frames_decoded": result.stats.decoded,
         "frames_sampled": result.stats.sampled,
         "corrupt_frames": result.stats.corrupt,
