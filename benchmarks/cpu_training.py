@@ -35,7 +35,7 @@ import torch
 
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-from sewer_hf.feed.machine import available_cores
+from sewer_hf.feed.machine import available_cores, cpu_features
 from sewer_hf.models.dino import DINOLoss
 from sewer_hf.models.losses import WeightedBCE
 from sewer_hf.models.vit import build_classifier, build_student_teacher, create_backbone
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     # (the quickstart's epochs are 86-96 steps); with 20-step epochs every window held one
     steps, warmup, frames = (args.steps, 25, 1600) if not args.quick else (12, 4, 96)
     size = {"image_size": 32, "batch_size": 8} if args.quick else {}
-    print(f"machine: {platform.processor() or platform.machine()}, {available_cores()} cores; torch {torch.__version__}; "
+    print(f"machine: {platform.processor() or platform.machine()}, {available_cores()} cores ({cpu_features()}); torch {torch.__version__}; "
           f"{steps} steps per recipe run, rates after step {warmup}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from sewer_hf.feed.machine import available_cores
+    from sewer_hf.feed.machine import cpu_features, native_bf16
     from sewer_hf.inference import precision as P
     from sewer_hf.inference import quantize as Q
     from sewer_hf.inference.onnx import export_onnx
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     repeats = 2  # best of 2: the first run doubles as warm-up
     batch = 16
     print(f"{n_images} PNG frames 720x576 -> ViT-T/16 224 px, 17 classes; {available_cores()} cores "
-          f"(CPU features: {P.cpu_features()}); ONNX Runtime in {inference_lanes()} lanes of 1 thread (each decodes and "
+          f"(CPU features: {cpu_features()}); ONNX Runtime in {inference_lanes()} lanes of 1 thread (each decodes and "
           f"scores its own batch); one batch at a time: model threads {threads}, decode threads "
           f"{inference_threads()[1]}; load average at start {os.getloadavg()[0]:.2f}")
 
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
 
         bf16 = SewerClassifier(model_dir, device="cpu", threads=threads, precision="bf16")
         rate, scores = _rate(ours(bf16), n_images, repeats)
-        native = "native bf16" if P.native_bf16() else "no native bf16 here: auto never picks it"
+        native = "native bf16" if native_bf16() else "no native bf16 here: auto never picks it"
         rows.append((f"ours, torch bf16 weights ({native})", rate, diff(scores, torch_scores, "fp32")))
 
         # the parts alone: decode + resize, and the model on a batch of 16
@@ -274,15 +275,15 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             result = scan_footage(clip, scanner, fps=2, progress=False)
             footage[name] = (result.stats.sampled / (time.perf_counter() - t0), result.stats.sampled,
-                             result.stats.decoded)
+                             result.stats.read, result.stats.decoded)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'variant':{width}s}  img/s   vs best pipeline")
     for name, rate, note in rows:
         print(f"{name:{width}s}  {rate:6.1f}  x{rate / base_rate:4.2f}  {note}")
-    for name, (rate, sampled, decoded) in footage.items():
-        print(f"footage: scan at 2 fps, {name}: {rate:.1f} sampled frames/s ({sampled} sampled of {decoded} "
-              f"decoded) -> one hour of 25 fps footage in {7200 / rate / 60:.1f} min (goal >= 40 frames/s, <= 3 min)")
+    for name, (rate, sampled, read, decoded) in footage.items():
+        print(f"footage: scan at 2 fps, {name}: {rate:.1f} sampled frames/s ({sampled} sampled of {read} "
+              f"read, {decoded} decoded) -> one hour of 25 fps footage in {7200 / rate / 60:.1f} min (goal >= 40 frames/s, <= 3 min)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     alone = {k: v for k, v in model_alone.items() if "bf16" not in k}
     best = max(alone, key=alone.get)

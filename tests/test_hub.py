@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import httpx2
 import huggingface_hub

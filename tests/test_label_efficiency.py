@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from sewer_hf.errors import ConfigError
 from sewer_hf.experiments.label_efficiency import ARMS, METRICS, load_experiment, run_experiment
+from sewer_hf.feed.machine import cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -56,7 +57,7 @@ def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_p
     assert len(ranks) == 2 and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0]), \
         "both processes hold the same teacher and center"
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["machine"]["processes"] == 2
+    assert on_disk["machine"]["processes"] == 2 and on_disk["machine"]["cpu_features"] == cpu_features()
     assert (out / "label_efficiency.png").stat().st_size > 0 and (out / "pretraining_curve.png").stat().st_size > 0
 
     runs = on_disk["runs"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import subprocess
 import time
 from dataclasses import asdict
@@ -35,7 +34,7 @@ from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
 from sewer_hf.experiments.quickstart import prepare_shards, shipped_config
 from sewer_hf.experiments.stages import Stages, process_state
-from sewer_hf.feed.machine import available_cores
+from sewer_hf.feed.machine import available_cores, machine_record
 from sewer_hf.metrics import LEARNED_BAR, constant_baseline, learned, read_annotation_targets
 from sewer_hf.synth import generate_dataset
 from sewer_hf.train.finetune import finetune
@@ -262,8 +261,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
     results = {
         "experiment": "label_efficiency", "budget": budget, "config_file": repo_relative(spec.get("_path")),
         "config": {k: v for k, v in spec.items() if not k.startswith("_")}, "commit": commit,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cores": available_cores(), "processes": state.num_processes, "device": str(state.device)},
+        "machine": {**machine_record(), "processes": state.num_processes, "device": str(state.device)},
         "data": {"pool": d["pool"], "val": d["val"], "test": d["test"], "image_size": pre_cfg.image_size,
                  "test_constant_baseline": baseline,
                  "note": "synthetic frames; pool labels never read by pretraining (kNN monitoring only)"},

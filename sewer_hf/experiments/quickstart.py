@@ -21,7 +21,7 @@ from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.data import labels as L
 from sewer_hf.experiments.stages import Stages
-from sewer_hf.feed.machine import available_cores
+from sewer_hf.feed.machine import available_cores, machine_record
 from sewer_hf.hub.publish import push_model
 from sewer_hf.metrics import LEARNED_BAR, beats_baseline, constant_baseline, learned, read_annotation_targets
 from sewer_hf.synth import generate_dataset, render_frame
@@ -134,7 +134,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
         **{name: evaluation[name] for name, _ in CLASSIFIERS},
         "constant_baseline": evaluation["constant_baseline"],
         "knn": dino.get("knn"), "pipeline": pipe["frames"], "stage_seconds": stages.seconds,
-        "total_seconds": round(time.perf_counter() - wall, 1),
+        "total_seconds": round(time.perf_counter() - wall, 1), "machine": machine_record(),
         "hub_dry_run": hub["folder"],
         "note": "Synthetic data: these numbers are not Sewer-ML numbers.",
     }
@@ -173,7 +173,6 @@ def pipeline_stage(out: Path, seed: int) -> dict[str, Any]:
     (and a normal one): does the true class rank first?"""
     import numpy as np
     from transformers import pipeline
-
 
     clf = pipeline("image-classification", model=str(out / "ssl_finetune" / "classifier"), top_k=L.NUM_CLASSES)
     config = clf.model.config

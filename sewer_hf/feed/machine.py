@@ -1,4 +1,5 @@
-"""Fitting a training run to the machine it runs on: torch threads and DataLoader workers.
+"""Fitting a run to the machine it runs on: its cores and CPU features, torch threads and
+DataLoader workers.
 
 On a CPU the model step, the batched augmentation and the loader workers share the same few
 cores. Workers that decode large frames earn their cores; workers that decode small prepared
@@ -9,6 +10,7 @@ machine, before the loader is built, and the split of cores follows from it.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -28,6 +30,36 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(flags: Optional[set[str]] = None) -> bool:
+    """True on CPUs with bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def cpu_features() -> str:
+    """The CPU features that decide which precision is fast, as one line."""
+    flags = cpu_flags()
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+    return " ".join(f for f in wanted if f in flags) or "unknown"
+
+
+def machine_record() -> dict[str, Any]:
+    """The machine a figure was measured on, for the results files that report it."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_features": cpu_features(), "cores": available_cores()}
 
 
 def local_processes(accelerator) -> int:

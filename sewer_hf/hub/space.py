@@ -153,7 +153,7 @@ def _space_readme(repo_id: str, model: str, model_url: Optional[str], model_name
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
     model_text = f"[{model_name}]({model_url})" if model_url else f"`{model_name}`"
     where = ("bundled in this Space (`model/`, with its model card)" if not hub_model
-             else f"loaded from the Hub at start-up")
+             else "loaded from the Hub at start-up")
     synthetic_text = ("\n> **Trained on synthetic frames.** The model has only seen computer-generated sewer images, "
                       "not real inspection footage: it shows how the tool works, not how well it finds real defects.\n"
                       if synthetic else "")

@@ -188,7 +188,6 @@ class ModelLane:
     def __init__(self, model_id: str, threads: Optional[int] = None) -> None:
         import torch
 
-
         local = Path(model_id)
         if (model_id.startswith((".", "/")) or local.exists()) and not (local / "config.json").is_file():
             raise SewerHFError(f"model {model_id!r}: no classifier folder there (config.json missing); run "
@@ -288,7 +287,6 @@ def open_checked_image(source, max_pixels: int = MAX_IMAGE_PIXELS):
     (`sewer_hf.data.decode_rgb_or_error`, the one `sewer-hf predict` uses: 16-bit, palette and
     alpha images are converted the same way)."""
     from PIL import Image, UnidentifiedImageError
-
 
     gr = _gr()
     if source is None:

@@ -51,7 +51,6 @@ def overlay(image, attention: np.ndarray, alpha: float = OVERLAY_ALPHA, cmap: st
     import matplotlib
     from PIL import Image
 
-
     base = decode_rgb(image, strict=True)  # the pixels the scores were computed from
     span = float(attention.max() - attention.min())
     norm = (attention - attention.min()) / span if span > 0 else np.zeros_like(attention)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sewer_hf.atomic import write_json_atomically
+from sewer_hf.feed.machine import cpu_features
 
 PROBE_BATCH = 8
-
 
 
 def int8_path(onnx_path: str | Path) -> Path:
@@ -22,11 +22,9 @@ def int8_path(onnx_path: str | Path) -> Path:
     return p.with_name(p.name[:-len(".onnx")] + ".int8.onnx" if p.name.endswith(".onnx") else p.name + ".int8.onnx")
 
 
-
 def check_path(onnx_path: str | Path) -> Path:
     p = int8_path(onnx_path)
     return p.with_name(p.name[:-len(".onnx")] + ".check.json")
-
 
 
 def sha256(path: str | Path) -> str:
@@ -37,13 +35,10 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-
 WEIGHTS_FILE = "model.safetensors"
 
 
-
 BF16_CHECK_FILE = "model.bf16.check.json"
-
 
 
 def read_bf16_check(model_dir: str | Path) -> Optional[dict]:
@@ -53,7 +48,6 @@ def read_bf16_check(model_dir: str | Path) -> Optional[dict]:
     if not path.is_file():
         return None
     return _read_check(path, Path(model_dir) / WEIGHTS_FILE, "weights_sha256")
-
 
 
 def read_int8_check(onnx_path: str | Path) -> Optional[dict]:
@@ -66,7 +60,6 @@ def read_int8_check(onnx_path: str | Path) -> Optional[dict]:
     if not path.is_file():
         return {"passed": False, "why": f"{path.name} is missing (no accuracy check for {model.name})"}
     return _read_check(path, model, "int8_sha256")
-
 
 
 def _read_check(path: Path, checked: Path, sha_key: str) -> dict:
@@ -86,37 +79,8 @@ def _read_check(path: Path, checked: Path, sha_key: str) -> dict:
     return check
 
 
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-
-def native_bf16(flags: Optional[set[str]] = None) -> bool:
-    """True on CPUs with bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16)."""
-    flags = cpu_flags() if flags is None else flags
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
-
-
-
-def cpu_features() -> str:
-    """The CPU features that decide which precision is fast, as one line."""
-    flags = cpu_flags()
-    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
-    return " ".join(f for f in wanted if f in flags) or "unknown"
-
-
-
 def _choice_cache() -> Path:
     return Path(os.environ.get("SEWER_HF_CACHE", Path.home() / ".cache" / "sewer_hf")) / "precision_choice.json"
-
 
 
 def time_scorer(score, size: tuple[int, int], batch: int = PROBE_BATCH, repeats: int = 2) -> float:
@@ -134,13 +98,11 @@ def time_scorer(score, size: tuple[int, int], batch: int = PROBE_BATCH, repeats:
     return best / batch
 
 
-
 def cached_choice(key: str) -> Optional[str]:
     try:
         return json.loads(_choice_cache().read_text()).get(key, {}).get("precision")
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
-
 
 
 def store_choice(key: str, precision: str, timings: dict) -> None:
@@ -155,7 +117,6 @@ def store_choice(key: str, precision: str, timings: dict) -> None:
         write_json_atomically(table, path)
     except OSError:  # a read-only home: choose again next time
         pass
-
 
 
 def machine_key(files: Sequence[Path], threads: Optional[int]) -> str:

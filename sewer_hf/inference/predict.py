@@ -47,14 +47,13 @@ from sewer_hf.data import MissingImagesError, decode_rgb
 from sewer_hf.data import labels as L
 from sewer_hf.data import load_sewer_ml
 from sewer_hf.errors import ConfigError, DataError
-from sewer_hf.feed.machine import available_cores
+from sewer_hf.feed.machine import available_cores, native_bf16
 from sewer_hf.inference.onnx import onnx_session
 from sewer_hf.inference.precision import (
     BF16_CHECK_FILE,
     cached_choice,
     int8_path,
     machine_key,
-    native_bf16,
     read_bf16_check,
     read_int8_check,
     store_choice,
@@ -133,7 +132,6 @@ class SewerClassifier:
         import torch
         from transformers import AutoConfig
 
-
         if backend is None:  # the class's default: PyTorch, unless the precision asks for the ONNX graphs
             backend = {"int8": "onnx", "auto": "auto"}.get(precision, DEFAULT_BACKEND)
         if backend not in BACKENDS:
@@ -210,7 +208,6 @@ class SewerClassifier:
         An unreadable image is a DataError."""
         import torch
         import torchvision.transforms.v2.functional as F
-
 
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
             # decoded RGB already (a video frame): decode_rgb would give back these very pixels
@@ -384,7 +381,6 @@ def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = 
     import importlib.util
 
     import torch
-
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r}: expected one of {BACKENDS}")

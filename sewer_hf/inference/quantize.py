@@ -36,6 +36,7 @@ import numpy as np
 from sewer_hf.atomic import write_json_atomically
 from sewer_hf.data import load_sewer_ml
 from sewer_hf.errors import ConfigError, DataError
+from sewer_hf.feed.machine import cpu_features, native_bf16
 from sewer_hf.inference.onnx import (
     DEFAULT_OPSET,
     ONNX_FILENAME,
@@ -48,9 +49,7 @@ from sewer_hf.inference.precision import (
     BF16_CHECK_FILE,
     WEIGHTS_FILE,
     check_path,
-    cpu_features,
     int8_path,
-    native_bf16,
     sha256,
 )
 from sewer_hf.inference.predict import SewerClassifier
@@ -60,7 +59,11 @@ from sewer_hf.synth import render_frame, sample_labels
 INT8_METHODS = ("dynamic", "static")
 DEFAULT_INT8_METHOD = "dynamic"
 BOUND_POINTS = 0.5  # int8 is offered when F2_CIW and F1_Normal each drop by at most this (points)
-CHECK_FRAMES = 256
+# Enough frames that one changed decision moves the metrics well below the bound: on 256 frames
+# one "normal" frame flipped moves F1_Normal by ~0.6 points, so a trained model whose scores moved
+# by at most 0.006 failed its int8 check (and 0.003 its bf16 check); on 1,024 the same models
+# passed (-0.25 / -0.23 points). ~45 s for a 64-px model on 2 cores, done once per export.
+CHECK_FRAMES = 1024
 CHECK_SEED = 1717  # held out: the synthetic datasets and the quickstart use other seeds
 CALIBRATION_SEED = 1718  # static calibration frames, disjoint from the check frames
 CALIBRATION_FRAMES = 64
@@ -76,7 +79,6 @@ def synthetic_frames(classifier, n: int, seed: int) -> tuple[np.ndarray, np.ndar
     drawn from the real Sewer-ML co-occurrence (``sewer_hf.synth``), resized as ``predict`` does."""
     import torch
 
-
     rng = np.random.default_rng(seed)
     pixels, targets = [], []
     for _ in range(n):
@@ -89,7 +91,6 @@ def synthetic_frames(classifier, n: int, seed: int) -> tuple[np.ndarray, np.ndar
 def labelled_frames(classifier, data: str, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``n`` frames spread evenly over a labelled Sewer-ML split (root or prepared shards)."""
     import torch
-
 
     ds = load_sewer_ml(data, split)
     if len(ds) == 0:
@@ -189,7 +190,6 @@ def export_int8(model_dir: str | Path, onnx_path: str | Path, method: str = DEFA
     Returns (int8 path, check dict)."""
     import torch
 
-
     if frames < 1:
         raise ConfigError(f"check frames={frames}: expected a positive number of frames")
     onnx_path = Path(onnx_path)
@@ -222,7 +222,6 @@ def export_bf16_check(model_dir: str | Path, check_data: Optional[str] = None, c
     and tied to the SHA-256 of the weights. ``--precision auto`` may then time bf16 on a CPU with
     native bf16. Returns (check path, check dict)."""
     import torch
-
 
     if frames < 1:
         raise ConfigError(f"check frames={frames}: expected a positive number of frames")
@@ -265,7 +264,7 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check-data", default=None,
                         help="labelled Sewer-ML root for the int8 accuracy check (default: held-out synthetic frames)")
     parser.add_argument("--check-split", default="Val", help="split of --check-data (default Val)")
-    parser.add_argument("--check-frames", type=int, default=None, help="frames in the accuracy check (default 256)")
+    parser.add_argument("--check-frames", type=int, default=None, help=f"frames in the accuracy check (default {CHECK_FRAMES})")
     parser.add_argument("--bf16-check", choices=("auto", "yes", "no"), default="auto",
                         help="also check bf16 weights against fp32 on the same frames (<model>/model.bf16.check.json; "
                              "--precision auto then times bf16 on CPUs with native bf16). auto (default): yes on a "

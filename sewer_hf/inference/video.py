@@ -367,7 +367,6 @@ def scan_footage(path: str | Path, classifier, fps: float = DEFAULT_SAMPLE_FPS,
                 arrays.append(classifier.preprocess(frame.to_ndarray(format="rgb24")))  # no PIL copy
             return classifier.scores_from_arrays(arrays, lane=True) if lanes > 1 else classifier.scores_from_arrays(arrays)
 
-
         # decoding (this thread) runs ahead of the lanes by one batch; FFmpeg, the resize and the
         # model release the GIL. A lane's error is raised here.
         for batch_scores in in_lanes(sampled_batches(), score, lanes):

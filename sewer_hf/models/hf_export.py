@@ -314,7 +314,6 @@ def load_timm_backbone(model_dir, drop_path_rate: float = 0.0) -> nn.Module:
     from safetensors.torch import load_file
     from transformers import ViTConfig
 
-
     folder = Path(model_dir)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
@@ -333,7 +332,6 @@ def load_classifier_module(model_dir, device: torch.device | str = "cpu") -> nn.
     """The package's backbone + linear head (``LinearClassifier``, eval mode) from an exported
     ``classifier/`` folder: what the run ships, scored the way training scores."""
     from safetensors.torch import load_file
-
 
     weights = load_file(str(Path(model_dir) / WEIGHTS_NAME))
     if "classifier.weight" not in weights:

@@ -88,7 +88,6 @@ def iter_frames(seconds: float, seed: int, fps: int = DEFAULT_FPS, size: tuple[i
     """(events, generator of PIL frames) — the frames are rendered one at a time."""
     from PIL import Image
 
-
     n_sections = int(np.ceil(seconds / SECTION_S))
     root = np.random.SeedSequence(int(seed))
     plan_rng, water_rng = (np.random.default_rng(s) for s in root.spawn(2))
@@ -134,7 +133,6 @@ def write_footage(out: str | Path, seconds: float, seed: int = 0, fps: int = DEF
     `events_path(out)`; returns the ground-truth events."""
     import av
     from tqdm.auto import tqdm
-
 
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"seconds={seconds}: expected a duration in (0, {MAX_SECONDS}]")
