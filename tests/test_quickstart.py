@@ -40,4 +40,5 @@ def test_tiny_quickstart_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert main(args) == 0
     again = capsys.readouterr().out
     assert all(f"[quickstart] {s}: reusing the finished run" in again for s in STAGES)
+    assert "the finished stages were reused" in again
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in STAGES} == marks

@@ -214,7 +214,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     print("\n| stage | seconds |\n| --- | --- |")
     for stage, sec in summary["stage_seconds"].items():
         print(f"| {stage} | {sec:.0f} |")
-    print(f"| total | {summary['total_seconds']:.0f} |")
+    stages_total = sum(summary["stage_seconds"].values())
+    print(f"| total | {stages_total:.0f} |")
+    if summary["total_seconds"] < stages_total:  # a re-run reads the finished stages back
+        print(f"(this call took {summary['total_seconds']:.0f} s: the finished stages were reused)")
     print("\npipeline(\"image-classification\") on held-out frames (DINO + fine-tune):")
     for f in summary["pipeline"]:
         mark = "ok " if f["correct"] else "MISS"
