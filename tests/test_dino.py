@@ -143,6 +143,27 @@ def test_ema_update_math_by_name_and_unwraps():
         ema_update(nn.Linear(4, 5), nn.Linear(4, 4), 0.9)
 
 
+def test_ema_init_share_is_what_the_teacher_keeps_of_its_init():
+    from sewer_hf.train.dino_monitor import untrained_teacher_warning
+    from sewer_hf.train.optim import cosine_schedule, ema_init_share
+
+    momenta = cosine_schedule(0.996, 0.999, 1, 96)  # the quickstart's DINO stage: one epoch of 96 steps
+    teacher, student = nn.Linear(3, 3), nn.Linear(3, 3)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.fill_(1.0)
+        for p in student.parameters():
+            p.zero_()  # whatever the student does, the init's share is what stays of the ones
+    for m in momenta:
+        ema_update(teacher, student, float(m))
+    share = ema_init_share(momenta)
+    assert torch.allclose(teacher.weight, torch.full((3, 3), share), atol=1e-5)
+    assert 0.75 < share < 0.8  # momentum rising 0.996 -> 0.999: 79 % of the teacher is still its init
+    assert "79 % its random init after 96 EMA updates" in untrained_teacher_warning(share, 96, momenta)
+    long_run = cosine_schedule(0.996, 1.0, 30, 64)  # the label-efficiency cpu budget
+    assert ema_init_share(long_run) < 0.05 and untrained_teacher_warning(ema_init_share(long_run), 1920, long_run) is None
+
+
 def test_cancel_last_layer_gradients():
     model = MultiCropWrapper(nn.Linear(6, 8), DINOHead(8, out_dim=10, hidden_dim=8, bottleneck_dim=4, norm_last_layer=False))
 

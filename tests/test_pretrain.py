@@ -41,6 +41,8 @@ def test_pretrain_writes_backbone_logs_and_knn(tiny_data, tmp_path):
     per_step = [r for r in steps if "loss" in r]
     per_epoch = [r for r in steps if "rankme" in r]
     assert len(per_step) == result["steps"] == 2 * (40 // 8)
+    # the EMA teacher's remaining share of its init: the product of the momenta used
+    assert result["teacher_init_share"] == pytest.approx(math.prod(r["teacher_momentum"] for r in per_step), abs=1e-4)
     for key in ("loss", "lr", "wd", "teacher_momentum", "teacher_temp"):
         assert all(math.isfinite(r[key]) for r in per_step), key
     assert per_step[0]["lr"] < per_step[-1]["lr"] or per_step[0]["lr"] != per_step[-1]["lr"]

@@ -34,6 +34,7 @@ def test_tiny_quickstart_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert yaml.safe_load((out / "supervised" / "config.yaml").read_text())["backbone"] is None
     assert [f["true"] for f in summary["pipeline"]] == ["normal", *FOOTAGE_CLASSES]
     assert summary["machine"]["cpu_features"] == cpu_features() and summary["machine"]["cores"] >= 1
+    assert 0.9 < summary["dino_teacher_init_share"] < 1 and "its teacher (the backbone DINO + fine-tune starts from)" in printed
     assert "| constant predictor (best per metric) |" in printed
 
     marks = {s: (out / s / "stage.json").stat().st_mtime_ns for s in STAGES}

@@ -133,7 +133,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
     summary = {
         **{name: evaluation[name] for name, _ in CLASSIFIERS},
         "constant_baseline": evaluation["constant_baseline"],
-        "knn": dino.get("knn"), "pipeline": pipe["frames"], "stage_seconds": stages.seconds,
+        "knn": dino.get("knn"), "dino_teacher_init_share": dino.get("teacher_init_share"), "pipeline": pipe["frames"], "stage_seconds": stages.seconds,
         "total_seconds": round(time.perf_counter() - wall, 1), "machine": machine_record(),
         "hub_dry_run": hub["folder"],
         "note": "Synthetic data: these numbers are not Sewer-ML numbers.",
@@ -218,6 +218,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"| total | {stages_total:.0f} |")
     if summary["total_seconds"] < stages_total:  # a re-run reads the finished stages back
         print(f"(this call took {summary['total_seconds']:.0f} s: the finished stages were reused)")
+    share = summary.get("dino_teacher_init_share")
+    if share is not None:
+        print(f"\nDINO stage: its teacher (the backbone DINO + fine-tune starts from) is still {100 * share:.0f} % "
+              "its random init" + ("; so the two classifiers above differ mostly by their random draw" if share > 0.5 else ""))
     print("\npipeline(\"image-classification\") on held-out frames (DINO + fine-tune):")
     for f in summary["pipeline"]:
         mark = "ok " if f["correct"] else "MISS"

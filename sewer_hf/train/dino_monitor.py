@@ -53,6 +53,21 @@ def epoch_end_metrics(run, teacher, dino_loss, probe, epoch: int) -> None:
         logger.warning("epoch %d %s", epoch, message)
 
 
+# Above this share of its random init, the exported teacher has barely been trained.
+UNTRAINED_TEACHER_SHARE = 0.5
+
+
+def untrained_teacher_warning(share: float, steps: int, momenta) -> Optional[str]:
+    """A run too short for its teacher momentum: the EMA teacher (the exported backbone) is still
+    mostly its random init (``share``, from ``optim.ema_init_share``)."""
+    if share <= UNTRAINED_TEACHER_SHARE or steps == 0:
+        return None
+    return (f"the teacher (the exported backbone) is still {100 * share:.0f} % its random init after {steps} EMA "
+            f"updates at momentum {min(momenta):.4g}-{max(momenta):.4g} (time constant 1/(1 - m) = "
+            f"{1 / (1 - min(momenta)):.0f}+ steps): it has barely been trained. Train for more steps, or lower "
+            f"momentum_teacher for a run this short.")
+
+
 def knn_frames(cfg, data, train_hf):
     """(memory bank, eval frames) of the kNN check: a fixed `knn_max_train` slice of train and the
     val split; None when either has no labels."""

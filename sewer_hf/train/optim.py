@@ -108,6 +108,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
 
 
+def ema_init_share(momenta: np.ndarray) -> float:
+    """The weight an EMA still gives its starting point after updates at ``momenta`` (one per
+    update): prod(m). The DINO teacher starts as the student's random init, so this is how much
+    of the exported backbone is still that init (the quickstart's 96 steps at 0.996 -> 0.999: 0.79)."""
+    return float(np.prod(np.asarray(momenta, dtype=np.float64)))
+
+
 def multistep_lr(peak: float, milestones: tuple[int, ...], gamma: float, epochs: int, iters: int,
                  warmup_epochs: float = 0.0) -> np.ndarray:
     """Per-iteration lr of MultiStepLR, `peak * gamma ** (number of milestones <= epoch)`, after

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import logging
 from typing import Any
 
 import torch
@@ -35,9 +36,10 @@ from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients
 from sewer_hf.models.hf_export import save_backbone
 from sewer_hf.models.losses import WeightedBCE
 from sewer_hf.models.vit import build_student_teacher
-from sewer_hf.train.dino_monitor import KnnCurve, epoch_end_metrics, knn_report
+from sewer_hf.train.dino_monitor import KnnCurve, epoch_end_metrics, knn_report, untrained_teacher_warning
 from sewer_hf.train.optim import (
     cosine_schedule,
+    ema_init_share,
     ema_update,
     make_adamw,
     mark_weight_decay_groups,
@@ -47,6 +49,8 @@ from sewer_hf.train.optim import (
     unwrap,
 )
 from sewer_hf.train.run import Run, TrainState
+
+logger = logging.getLogger(__name__)
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
@@ -132,6 +136,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         save_rank_state(run, teacher, dino_loss)
     result: dict[str, Any] = {"steps": state.step, "images_seen": state.images_seen,
                               "skipped_images": state.skipped_images}
+    momenta = mom_sched[:state.step]  # the EMA updates made (one per optimizer step)
+    result["teacher_init_share"] = round(ema_init_share(momenta), 4)
+    message = untrained_teacher_warning(result["teacher_init_share"], state.step, momenta)
+    if message and accelerator.is_main_process:
+        logger.warning(message)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         result.update(finish(cfg, accelerator, student, teacher, dino_loss, run.data, train_hf))
