@@ -119,8 +119,7 @@ def main(argv=None) -> int:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    from sewer_hf.feed.machine import available_cores
-    from sewer_hf.feed.machine import cpu_features, native_bf16
+    from sewer_hf.feed.machine import available_cores, cpu_features, native_bf16
     from sewer_hf.inference import precision as P
     from sewer_hf.inference import quantize as Q
     from sewer_hf.inference.onnx import export_onnx

@@ -32,15 +32,25 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line of /proc/cpuinfo ("" where there is none, e.g. not on Linux)."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.split(":", 1)[0].strip() == field:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, e.g. "AMD EPYC" ("cpu" where it cannot be read)."""
+    return _cpuinfo("model name") or "cpu"
 
 
 def native_bf16(flags: Optional[set[str]] = None) -> bool:
@@ -59,7 +69,7 @@ def cpu_features() -> str:
 def machine_record() -> dict[str, Any]:
     """The machine a figure was measured on, for the results files that report it."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_features": cpu_features(), "cores": available_cores()}
+            "cpu_model": cpu_model(), "cpu_features": cpu_features(), "cores": available_cores()}
 
 
 def local_processes(accelerator) -> int:

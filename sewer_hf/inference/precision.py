@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sewer_hf.atomic import write_json_atomically
-from sewer_hf.feed.machine import cpu_features
+from sewer_hf.feed.machine import cpu_features, cpu_model
 
 PROBE_BATCH = 8
 
@@ -121,11 +121,5 @@ def store_choice(key: str, precision: str, timings: dict) -> None:
 
 def machine_key(files: Sequence[Path], threads: Optional[int]) -> str:
     """What a timing depends on: the model files, the CPU and the threads."""
-    model_name = "cpu"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model_name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "cpu")
-    except OSError:
-        pass
     parts = [f"{Path(f).resolve()}:{Path(f).stat().st_mtime_ns}" for f in files if Path(f).exists()]
-    return hashlib.sha256("|".join([model_name, cpu_features(), str(threads), *parts]).encode()).hexdigest()[:20]
+    return hashlib.sha256("|".join([cpu_model(), cpu_features(), str(threads), *parts]).encode()).hexdigest()[:20]
