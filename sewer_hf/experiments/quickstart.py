@@ -133,7 +133,8 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
     summary = {
         **{name: evaluation[name] for name, _ in CLASSIFIERS},
         "constant_baseline": evaluation["constant_baseline"],
-        "knn": dino.get("knn"), "dino_teacher_init_share": dino.get("teacher_init_share"), "pipeline": pipe["frames"], "stage_seconds": stages.seconds,
+        "knn": dino.get("knn"), "dino_teacher_init_share": dino.get("teacher_init_share"),
+        "pipeline": pipe["frames"], "stage_seconds": stages.seconds,
         "total_seconds": round(time.perf_counter() - wall, 1), "machine": machine_record(),
         "hub_dry_run": hub["folder"],
         "note": "Synthetic data: these numbers are not Sewer-ML numbers.",

@@ -190,6 +190,15 @@ def sample_frames(container, stream, info: FootageInfo, fps: float, stats: Decod
     mode = codec.skip_frame
     earliest: dict[int, float] = {}  # per slot: the earliest frame time read so far
     next_index = 0  # the sample slot (time * fps) we are waiting for
+
+    def seconds(timestamp) -> float:  # a frame time (in seconds) -> seconds from the start
+        return max(0.0, float(timestamp) - start)
+
+    def read_up_to(t: float) -> None:  # the coverage, and the length limit
+        stats.last_frame_s = t if stats.last_frame_s is None else max(stats.last_frame_s, t)
+        if max_duration_s is not None and t > max_duration_s:
+            raise DataError(f"{info.path}: longer than the limit of {max_duration_s:g} s")
+
     packets = container.demux(stream)
     while True:
         try:
@@ -201,7 +210,7 @@ def sample_frames(container, stream, info: FootageInfo, fps: float, stats: Decod
             return
         packet_t, needed = None, True
         if packet.pts is not None and packet.time_base is not None:
-            packet_t = max(0.0, float(packet.pts * packet.time_base) - start)
+            packet_t = seconds(packet.pts * packet.time_base)
             packet_slot = math.floor(packet_t * fps + 1e-6)
             first = earliest.get(packet_slot)
             needed = first is None or packet_t < first
@@ -224,18 +233,11 @@ def sample_frames(container, stream, info: FootageInfo, fps: float, stats: Decod
         if packet_t is not None and packet.size:
             stats.read += 1
             if mode == "NONREF":  # read cleanly; its frame may have been skipped
-                stats.last_frame_s = packet_t if stats.last_frame_s is None else max(stats.last_frame_s, packet_t)
-                if max_duration_s is not None and packet_t > max_duration_s:
-                    raise DataError(f"{info.path}: longer than the limit of {max_duration_s:g} s")
+                read_up_to(packet_t)
         for frame in frames:
             stats.decoded += 1
-            if frame.time is not None:
-                t = max(0.0, float(frame.time) - start)
-            else:
-                t = (stats.decoded - 1) / (info.native_fps or fps)
-            stats.last_frame_s = t if stats.last_frame_s is None else max(stats.last_frame_s, t)
-            if max_duration_s is not None and t > max_duration_s:
-                raise DataError(f"{info.path}: longer than the limit of {max_duration_s:g} s")
+            t = seconds(frame.time) if frame.time is not None else (stats.decoded - 1) / (info.native_fps or fps)
+            read_up_to(t)
             slot = math.floor(t * fps + 1e-6)
             if slot >= next_index:
                 next_index = slot + 1
