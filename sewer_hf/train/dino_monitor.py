@@ -57,12 +57,12 @@ def epoch_end_metrics(run, teacher, dino_loss, probe, epoch: int) -> None:
 UNTRAINED_TEACHER_SHARE = 0.5
 
 
-def untrained_teacher_warning(share: float, steps: int, momenta) -> Optional[str]:
-    """A run too short for its teacher momentum: the EMA teacher (the exported backbone) is still
-    mostly its random init (``share``, from ``optim.ema_init_share``)."""
-    if share <= UNTRAINED_TEACHER_SHARE or steps == 0:
+def untrained_teacher_warning(share: float, momenta) -> Optional[str]:
+    """A run too short for its teacher momentum: after EMA updates at ``momenta``, the teacher
+    (the exported backbone) is still mostly its random init (``share``, ``optim.ema_init_share``)."""
+    if share <= UNTRAINED_TEACHER_SHARE or len(momenta) == 0:
         return None
-    return (f"the teacher (the exported backbone) is still {100 * share:.0f} % its random init after {steps} EMA "
+    return (f"the teacher (the exported backbone) is still {100 * share:.0f} % its random init after {len(momenta)} EMA "
             f"updates at momentum {min(momenta):.4g}-{max(momenta):.4g} (time constant 1/(1 - m) = "
             f"{1 / (1 - min(momenta)):.0f}+ steps): it has barely been trained. Train for more steps, or lower "
             f"momentum_teacher for a run this short.")

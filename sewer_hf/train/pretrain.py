@@ -138,7 +138,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                               "skipped_images": state.skipped_images}
     momenta = mom_sched[:state.step]  # the EMA updates made (one per optimizer step)
     result["teacher_init_share"] = round(ema_init_share(momenta), 4)
-    message = untrained_teacher_warning(result["teacher_init_share"], state.step, momenta)
+    message = untrained_teacher_warning(result["teacher_init_share"], momenta)
     if message and accelerator.is_main_process:
         logger.warning(message)
     accelerator.wait_for_everyone()
