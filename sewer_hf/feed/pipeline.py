@@ -65,7 +65,6 @@ def augment_generator(seed: int, epoch: int, batch: int, accelerator) -> torch.G
     return torch.Generator(device=accelerator.device).manual_seed(key % 2**63)
 
 
-
 class SeededAugmentation(torch.utils.data.Dataset):
     """Seeds the augmentation of item i from (seed, epoch, i): the views of an image do not depend
     on the number of processes or workers, so 1-process and N-process runs see the same batches

@@ -273,7 +273,6 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_export_onnx)
 
 
-
 def run_export_onnx(args: argparse.Namespace) -> int:
     frames = CHECK_FRAMES if args.check_frames is None else args.check_frames
     if (args.int8 != "none" or args.bf16_check == "yes") and frames < 1:

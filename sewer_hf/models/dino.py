@@ -131,7 +131,6 @@ def teacher_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, temp: fl
     return float(-(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean())
 
 
-
 def collapse_warning(entropy: float, rank: float, out_dim: int) -> Optional[str]:
     """DINO's two collapse modes: a uniform teacher (entropy near ln K) or one dominant
     dimension (RankMe near 1)."""

@@ -52,7 +52,6 @@ def predict_scores(model, loader, accelerator, desc: str = "eval") -> tuple[np.n
     return s[first], t[first].astype(np.int64)
 
 
-
 @dataclass
 class Evaluation:
     """What every epoch is scored on: val (reported), the held-out part of train (thresholds and
@@ -61,7 +60,6 @@ class Evaluation:
     val: Any
     holdout: Any
     baseline: dict
-
 
 
 def validate(run, model, evaluation: Evaluation) -> None:
@@ -102,7 +100,6 @@ def validate(run, model, evaluation: Evaluation) -> None:
     accelerator.wait_for_everyone()
 
 
-
 def report_val(run, evaluation: Evaluation) -> None:
     """Val, scored once on the exported classifier (the epoch chosen on the hold-out, with its
     thresholds), at 0.5 and at the shipped thresholds, next to the constant-predictor baseline:
@@ -127,13 +124,11 @@ def report_val(run, evaluation: Evaluation) -> None:
     accelerator.wait_for_everyone()
 
 
-
 def fitted_on(cfg, n_images: int | None, on_holdout: bool) -> str:
     if on_holdout:
         size = f" ({n_images} images)" if n_images is not None else ""
         return f"a held-out {cfg.threshold_holdout:g} of the labelled train split{size}"
     return f"{cfg.val_split} (the reported split: optimistic)"
-
 
 
 def export_classifier(cfg, net, thresholds, epoch: int, n_fit: int, on_holdout: bool) -> None:
@@ -147,7 +142,6 @@ def export_classifier(cfg, net, thresholds, epoch: int, n_fit: int, on_holdout: 
                                                "backbone": cfg.backbone, "best_epoch": epoch,
                                                "thresholds_fitted_on": fitted_on(cfg, n_fit, on_holdout)}})
     save_config(cfg, out / "classifier" / "training_config.yaml")
-
 
 
 def write_eval_report(cfg, epoch: int, metrics: dict, shipped: dict, thresholds, base: dict, fitted: str) -> None:
