@@ -327,6 +327,22 @@ def test_benchmark_tuning_never_flags_every_frame_when_0_5_does():
     assert (~(scores >= tuned).any(axis=1)).any()
 
 
+def test_benchmark_tuning_keeps_a_margin_above_calling_every_frame_normal():
+    from sewer_hf.metrics.thresholds import NORMAL_MARGIN
+
+    targets = read_fixture_targets()[:800]
+    rng = np.random.default_rng(0)  # weak scores, all above 0.5: the floor is calling every frame normal
+    scores = np.clip(0.6 + 0.3 * targets + 0.15 * rng.standard_normal(targets.shape), 0, 1)
+    all_normal = compute_metrics(np.zeros(targets.shape), targets)["F1_Normal"]
+    bare = compute_metrics(scores, targets, tune_thresholds(scores, targets, normal_margin=0.0))
+    kept = compute_metrics(scores, targets, tune_thresholds(scores, targets))
+    assert bare["F1_Normal"] < all_normal + NORMAL_MARGIN  # without the margin, the floor is met only just
+    assert kept["F1_Normal"] >= all_normal + NORMAL_MARGIN - 1e-12
+    assert kept["F2_CIW"] > compute_metrics(scores, targets)["F2_CIW"]  # still a gain over 0.5
+    with pytest.raises(DataError, match="normal_margin"):
+        tune_thresholds(scores, targets, normal_margin=1.5)
+
+
 def test_benchmark_tuning_is_the_per_class_optimum_without_normal_frames():
     targets = read_fixture_targets()[:600]
     targets = targets[targets.any(axis=1)]  # no normal frame: the floor is void

@@ -1,8 +1,10 @@
 """`sewer-hf quickstart` (what `make quickstart` runs) end to end at a tiny size: every stage runs
 through the user's own commands, the summary puts the constant-predictor baseline and the machine
-next to every result, and a second call reuses every finished stage instead of redoing it. The
+next to every result, and a second call reuses every finished stage instead of redoing it, but
+refuses a finished training stage that other settings made. The
 full size (and whether its classifiers learn) is measured in the README, not here."""
 import json
+import re
 
 import yaml
 
@@ -42,4 +44,10 @@ def test_tiny_quickstart_runs_every_stage_then_reuses_them(tmp_path, capsys):
     again = capsys.readouterr().out
     assert all(f"[quickstart] {s}: reusing the finished run" in again for s in STAGES)
     assert "the finished stages were reused" in again
+    assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in STAGES} == marks
+
+    # other settings (here more fine-tuning epochs) than the finished run's: an error naming the
+    # stage, not the old classifier passed off as the new one, and nothing already written is lost
+    assert main([*args[:-1], "2"]) == 2
+    assert re.search(r"error: .*ssl_finetune.*made with config", capsys.readouterr().err)
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in STAGES} == marks

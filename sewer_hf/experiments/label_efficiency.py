@@ -20,7 +20,6 @@ import hashlib
 import json
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
 from sewer_hf.experiments.quickstart import prepare_shards, shipped_config
-from sewer_hf.experiments.stages import Stages, process_state
+from sewer_hf.experiments.stages import Stages, config_hash, process_state
 from sewer_hf.feed.machine import available_cores, machine_record
 from sewer_hf.metrics import LEARNED_BAR, constant_baseline, learned, read_annotation_targets
 from sewer_hf.synth import generate_dataset
@@ -51,9 +50,6 @@ TEST_SEED_OFFSET = 1000  # the test frames' renderer seed: never the pool's or V
 # relative cost of one image, for the ETA: a DINO image is two views through student and teacher;
 # a linear probe's backbone runs without gradients
 COST = {"pretrain": 2.0, "finetune": 1.0, "linear": 0.4}
-RUN_KEYS_NOT_HASHED = ("output_dir", "resume_from_checkpoint", "report_to", "overwrite_output_dir", "data")
-
-
 def load_experiment(path: str | Path) -> dict[str, Any]:
     """An experiment YAML (see label_efficiency_cpu.yaml), checked enough to fail before hours of work."""
     path = Path(path)
@@ -102,12 +98,6 @@ def run_name(arm: str, fraction: float, seed: int) -> str:
 
 def run_cost(cfg: FinetuneConfig, pool: int) -> float:
     return COST["linear" if cfg.linear_probe else "finetune"] * cfg.epochs * cfg.fraction * pool
-
-
-def config_hash(cfg) -> str:
-    """A short hash of what determines a run's result (paths and logging excluded)."""
-    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_KEYS_NOT_HASHED}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def git_commit() -> str:

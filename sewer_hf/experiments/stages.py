@@ -6,9 +6,11 @@ printed per stage, with an ETA weighted by each stage's cost when the total is k
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,6 +19,8 @@ from accelerate.utils import parse_flag_from_env
 
 from sewer_hf.atomic import write_json_atomically
 from sewer_hf.errors import ConfigError
+
+RUN_KEYS_NOT_HASHED = ("output_dir", "resume_from_checkpoint", "report_to", "overwrite_output_dir", "data")
 
 
 def process_state() -> PartialState:
@@ -73,6 +77,12 @@ class Stages:
                         f"{minutes(time.perf_counter() - self.start)}, ETA {minutes(eta)}")
         self.state.print(f"[{self.label}] {name}: done in {minutes(result['seconds'])}{progress}", flush=True)
         return result
+
+
+def config_hash(cfg) -> str:
+    """A short hash of what determines a run's result (paths and logging excluded)."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_KEYS_NOT_HASHED}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def minutes(seconds: float) -> str:

@@ -44,12 +44,22 @@ def f2_over_grid(scores: np.ndarray, targets: np.ndarray, grid: np.ndarray) -> n
 OBJECTIVES = ("benchmark", "per_class_f2")
 
 
-def tune_thresholds(scores, targets, grid=None, objective: str = "benchmark") -> np.ndarray:
+# F1_Normal points the benchmark tuning keeps above calling every frame normal: in the quickstart,
+# thresholds fitted on 310 held-out train frames at that floor exactly lost up to 8 points of
+# F1_Normal on its 2,048 val frames (56.4 -> 48.2, below the learned bar's 50); with this margin
+# the same classifiers scored 61.4 and 56.9 there, at a cost of 0.1 point of F2_CIW or less
+NORMAL_MARGIN = 0.05
+
+
+def tune_thresholds(scores, targets, grid=None, objective: str = "benchmark",
+                    normal_margin: float = NORMAL_MARGIN) -> np.ndarray:
     """Per-class thresholds (17-vector, ``CLASSES`` order) fitted for the benchmark on these data.
 
     ``objective="benchmark"`` (default): maximise F2_CIW subject to F1_Normal not falling below
-    its value at the benchmark's default thresholds (0.5), nor below the F1_Normal of calling
-    every frame normal, by coordinate ascent over ``grid`` (heaviest class first). Maximising each
+    its value at the benchmark's default thresholds (0.5), nor below ``normal_margin`` above the
+    F1_Normal of calling every frame normal (where reachable), by coordinate ascent over ``grid``
+    (heaviest class first). The margin is for the frames the thresholds were not fitted on: a
+    floor met exactly on the fitting frames was missed on others. Maximising each
     class's F2 alone lowers every rare class's threshold until almost every frame gets some
     defect flagged, which drives F1_Normal to 0 -- a model an inspector cannot use. With the
     floor, a threshold moves only as far as the normal slot allows; when 0.5 is below the floor
@@ -74,7 +84,9 @@ def tune_thresholds(scores, targets, grid=None, objective: str = "benchmark") ->
         # tie-break towards the default threshold: mask non-best, pick the smallest |t - 0.5|
         distance = np.where(f2 >= f2.max(axis=0), near_default[:, None], np.inf)
         return grid[np.argmin(distance, axis=0)]
-    return _tune_with_normal_floor(scores, targets.astype(bool), grid, f2, near_default)
+    if not 0.0 <= normal_margin < 1.0:
+        raise DataError(f"normal_margin={normal_margin!r}: expected a number in [0, 1)")
+    return _tune_with_normal_floor(scores, targets.astype(bool), grid, f2, near_default, normal_margin)
 
 
 def normal_f1(predicted: np.ndarray, true_normal: np.ndarray) -> float:
@@ -84,12 +96,14 @@ def normal_f1(predicted: np.ndarray, true_normal: np.ndarray) -> float:
     return float(2 * correct / max(predicted_normal.sum() + true_normal.sum(), 1))
 
 
-def _tune_with_normal_floor(scores, targets, grid, f2, near_default, passes: int = 3) -> np.ndarray:
+def _tune_with_normal_floor(scores, targets, grid, f2, near_default, margin: float, passes: int = 3) -> np.ndarray:
     true_normal = ~targets.any(axis=1)
     thresholds = np.full(scores.shape[1], DEFAULT_THRESHOLD)
-    # the floor: F1_Normal at the benchmark's 0.5, and never below calling every frame normal
+    # the floor: F1_Normal at the benchmark's 0.5, and never below calling every frame normal plus
+    # the margin (a split without normal frames has no floor)
     at_default = normal_f1(scores >= thresholds, true_normal)
-    floor = max(at_default, normal_f1(np.zeros_like(targets), true_normal))
+    all_normal = normal_f1(np.zeros_like(targets), true_normal)
+    floor = max(at_default, all_normal + margin if true_normal.any() else all_normal)
     if at_default < floor:  # 0.5 is below it: start from the best common threshold
         present = targets.any(axis=0)
         common = [normal_f1(scores >= np.where(present, t, DEFAULT_THRESHOLD), true_normal) for t in grid]
