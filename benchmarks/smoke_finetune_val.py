@@ -6,41 +6,35 @@ The quickstart's Val (512 frames) holds 2-7 positives of the rarer classes, so i
 (`finetune()`, recipes/configs/smoke_finetune.yaml, ViT-T/16 from scratch at 64 px) trains on the
 quickstart's own train frames (3,072, seed 0, prepared at 64 px) and is scored on 3,072 val
 frames rendered with another seed, at 0.5 and at its shipped thresholds, next to the
-constant-predictor baseline of those frames. Each `--variant` (key=value,... overrides of the
-config) is one run; the first is the baseline the others are compared with.
+constant-predictor baseline of those frames. Each `--variant` (`--key=value` overrides of the
+config, as the recipes take them) is one run; the first is the baseline the others are compared with.
 
     python benchmarks/smoke_finetune_val.py            # the shipped config vs the former one (~8 min, 2 cores)
-    python benchmarks/smoke_finetune_val.py --variant "" --variant base_lr=4e-3,head_lr_scale=10
+    python benchmarks/smoke_finetune_val.py --variant= --variant="--lr_milestones=4,6,8 --warmup_epochs=0.5"
     python benchmarks/smoke_finetune_val.py --quick    # a smoke test of the code (tiny)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from sewer_hf.config import FinetuneConfig, load_config
+from sewer_hf.config import FinetuneConfig, load_config, parse_overrides
 from sewer_hf.experiments.quickstart import generate_synthetic, prepare_shards, shipped_config
 from sewer_hf.feed.machine import machine_record
 from sewer_hf.train.finetune import finetune
 
 VAL_SEED = 12345  # not the quickstart's: other frames than any it trains, holds out or scores
-FORMER = "base_lr=4e-3,head_lr_scale=10"  # the smoke config until 2026-12-02
-
-
-def overrides(variant: str) -> dict:
-    """'k=v,k=v' -> {k: v} with YAML values ('' -> {})."""
-    pairs = [item.split("=", 1) for item in variant.split(",") if item.strip()]
-    return {key.strip(): yaml.safe_load(value) for key, value in pairs}
+FORMER = "--base_lr=4e-3 --head_lr_scale=10"  # the smoke config until 2026-12-02
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--variant", action="append", help="config overrides 'k=v,...' ('' = as shipped); repeatable")
+    parser.add_argument("--variant", action="append",
+                        help="--variant='--key=value ...': config overrides as the recipes take them (empty = as shipped); repeatable")
     parser.add_argument("--seed", type=int, default=0, help="the training run's seed (the frames are the quickstart's)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code, not the learning")
     args = parser.parse_args(argv)
@@ -57,7 +51,7 @@ def main(argv=None) -> int:
         prepare_shards(tmp / "val", data, size=size, splits=("Val",))
         rows = []
         for variant in variants:
-            over = {**overrides(variant), **tiny, "data": str(data), "seed": args.seed, "report_to": "none",
+            over = {**parse_overrides(shlex.split(variant))[1], **tiny, "data": str(data), "seed": args.seed, "report_to": "none",
                     "output_dir": str(tmp / f"run{len(rows)}"), "overwrite_output_dir": True}
             began = time.perf_counter()
             finetune(load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), over))
