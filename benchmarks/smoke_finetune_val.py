@@ -28,7 +28,7 @@ from sewer_hf.feed.machine import machine_record
 from sewer_hf.train.finetune import finetune
 
 VAL_SEED = 12345  # not the quickstart's: other frames than any it trains, holds out or scores
-FORMER = "--base_lr=4e-3 --head_lr_scale=10"  # the smoke config until 2026-12-02
+FORMER = "--repeat_factor_threshold=0"  # the smoke config until 2026-12-02 16:00: uniform shuffling
 
 
 def main(argv=None) -> int:

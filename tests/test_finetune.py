@@ -146,10 +146,12 @@ def _weight_average(checkpoint):
     return torch.load(checkpoint / "custom_checkpoint_1.pkl", weights_only=False)
 
 
-def test_fraction_and_resume_from_scratch(tiny_data, tmp_path):
+@pytest.mark.parametrize("repeat_factor_threshold", [0.0, 0.5])
+def test_fraction_and_resume_from_scratch(tiny_data, tmp_path, repeat_factor_threshold):
     """A killed run resumes to the same weights, and to the same weight average, which is what
-    the classifier ships."""
-    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, threshold_holdout=0.0, ema_decay=0.9)
+    the classifier ships; with repeat-factor sampling too (the resumed epoch redraws its frames)."""
+    common = dict(TINY, data=tiny_data, fraction=0.5, epochs=2, threshold_holdout=0.0, ema_decay=0.9,
+                  repeat_factor_threshold=repeat_factor_threshold)
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "full")))
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), max_steps=4))
     finetune(FinetuneConfig(**common, output_dir=str(tmp_path / "split"), resume_from_checkpoint="latest"))
@@ -269,3 +271,60 @@ def test_images_decoded_on_the_device_skip_a_corrupt_one(tiny_data, tmp_path, ca
     with pytest.raises(ConfigError, match="decode_on_device .* needs feed=auto, batched or batched_thread, not feed=per_image"):
         finetune(FinetuneConfig(**TINY, data=str(data), output_dir=str(tmp_path / "x"), feed="per_image",
                                 decode_on_device=True))
+
+
+def test_repeat_factor_sampling_reaches_the_prepared_loader(tiny_data):
+    """The recipe's loader as accelerate prepares it draws frames by their repeat factors: frames
+    come back more than once in an epoch, the rarer ones more often, each epoch its own seeded
+    draw (set_epoch reaches the sampler), the same draw again for the same epoch (a resume)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from sewer_hf.data.sampling import repeat_factors
+    from sewer_hf.data.sources import load_split
+    from sewer_hf.train.finetune import finetune_feed
+
+    cfg = FinetuneConfig(**TINY, data=tiny_data, repeat_factor_threshold=0.5)
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    train = load_split(tiny_data, "Train", labelled=True)
+    weights = repeat_factors(np.asarray(train["labels"]), 0.5)
+    assert weights.max() > 1.5 * weights.min()  # the fixture has rare and frequent classes
+    _, loader = finetune_feed(cfg, accelerator, train)
+    loader = accelerator.prepare(loader)
+
+    def drawn(epoch: int) -> list[int]:
+        loader.set_epoch(epoch)
+        return [i for batch in loader for i in batch["index"].tolist()]
+
+    epochs = [drawn(e) for e in range(6)]
+    assert all(len(e) == len(train) for e in epochs)  # 48 frames, batch 8: the epoch keeps its length
+    assert any(len(set(e)) < len(e) for e in epochs)  # with replacement: not a permutation
+    assert epochs[1] != epochs[0] and drawn(0) == epochs[0]
+    every = np.concatenate(epochs)
+    assert weights[every].mean() > weights.mean() + 0.1  # uniform shuffling would give exactly the mean
+
+
+@pytest.mark.parametrize("selection, shipped_epoch", [("best", 1), ("last", 3)])
+def test_epoch_selection_ships_the_best_hold_out_epoch_or_the_last(tiny_data, tmp_path, monkeypatch, selection,
+                                                                     shipped_epoch):
+    """With the hold-out's score made to fall after epoch 1, "best" ships epoch 1 and "last" epoch 3;
+    eval.json and the exported classifier name the same epoch."""
+    from sewer_hf.train import evaluation
+
+    real, fitted_calls = evaluation.compute_metrics, []
+
+    def falling_after_epoch_one(scores, targets, thresholds=None):
+        metrics = real(scores, targets) if thresholds is None else real(scores, targets, thresholds)
+        if thresholds is not None and len(fitted_calls) < 3:  # the hold-out at its fitted thresholds, epochs 1-3
+            fitted_calls.append(1)
+            metrics = {**metrics, "F2_CIW": 1.0 / len(fitted_calls)}
+        return metrics
+
+    monkeypatch.setattr(evaluation, "compute_metrics", falling_after_epoch_one)
+    out = tmp_path / selection
+    finetune(FinetuneConfig(**{**TINY, "epochs": 3}, data=tiny_data, threshold_holdout=0.25, epoch_selection=selection,
+                            output_dir=str(out)))
+    assert len(fitted_calls) == 3
+    assert json.loads((out / "eval.json").read_text())["epoch"] == shipped_epoch
+    config = json.loads((out / "classifier" / "config.json").read_text())
+    assert config["sewer_hf"]["best_epoch"] == shipped_epoch

@@ -133,12 +133,12 @@ def make_train_feed(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[
     return TrainFeed(dataset, layout, augment, decode_size, cfg.seed, plan_for_machine(cfg, accelerator, dataset))
 
 
-def make_train_loader(feed: TrainFeed, cfg: Any, collate_fn):
-    """Shuffled, drop-last DataLoader over the training split (prepare() shards it), with the
-    machine plan's workers."""
+def make_train_loader(feed: TrainFeed, cfg: Any, collate_fn, sampler: Optional[torch.utils.data.Sampler] = None):
+    """Shuffled (or drawn by ``sampler``, e.g. repeat-factor sampling), drop-last DataLoader over
+    the training split (prepare() shards it), with the machine plan's workers."""
     return torch.utils.data.DataLoader(
-        feed.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=feed.workers,
-        collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+        feed.dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+        num_workers=feed.workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
         persistent_workers=False,  # workers must see the new epoch set on the dataset
         generator=torch.Generator().manual_seed(cfg.seed))
 

@@ -64,7 +64,8 @@ class Evaluation:
 
 def validate(run, model, evaluation: Evaluation) -> None:
     """Score the selection split (the hold-out, or val when there is none) and fit the
-    thresholds there; when the selection score improves, export the classifier with them.
+    thresholds there; when the selection score improves (or every epoch, with
+    ``epoch_selection="last"``), export the classifier with them.
     With a hold-out, val is not looked at here: `report_val` scores the chosen classifier once
     at the end (val is a report, and scoring it every epoch cost ~2 s of a ~30-s CPU epoch)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
@@ -85,13 +86,15 @@ def validate(run, model, evaluation: Evaluation) -> None:
                **{f"{prefix}_{k}": v for k, v in at_half.items() if isinstance(v, float)},
                **{f"{prefix}_shipped_{k}": fitted[k] for k in headline}})
     improved = selection > state.best_f2_ciw
+    ship = improved or cfg.epoch_selection == "last"  # "last": each epoch replaces the one before
     accelerator.print(
         f"epoch {state.epoch}: {split} at 0.5 F2_CIW {100 * at_half['F2_CIW']:.2f} F1_Normal "
         f"{100 * at_half['F1_Normal']:.2f} mAP {100 * at_half['mAP']:.2f} | at fitted thresholds F2_CIW "
-        f"{100 * fitted['F2_CIW']:.2f} F1_Normal {100 * fitted['F1_Normal']:.2f}" + ("  (best so far)" if improved else ""))
-    if improved:
+        f"{100 * fitted['F2_CIW']:.2f} F1_Normal {100 * fitted['F1_Normal']:.2f}"
+        + ("  (best so far)" if improved and cfg.epoch_selection == "best" else ""))
+    if ship:
         state.best_f2_ciw, state.best_epoch = float(selection), state.epoch
-    if improved and accelerator.is_main_process:
+    if ship and accelerator.is_main_process:
         net = accelerator.unwrap_model(model)
         export_classifier(cfg, getattr(net, "_orig_mod", net), thresholds, state.epoch, len(targets), on_holdout)
         if not on_holdout:
@@ -114,7 +117,7 @@ def report_val(run, evaluation: Evaluation) -> None:
     metrics, shipped = compute_metrics(scores, targets), compute_metrics(scores, targets, thresholds)
     base = evaluation.baseline
     accelerator.print(
-        f"{cfg.val_split}, epoch {state.best_epoch} (chosen on the hold-out): at 0.5 F2_CIW {100 * metrics['F2_CIW']:.2f} "
+        f"{cfg.val_split}, epoch {state.best_epoch} ({chosen(cfg)}): at 0.5 F2_CIW {100 * metrics['F2_CIW']:.2f} "
         f"F1_Normal {100 * metrics['F1_Normal']:.2f} mAP {100 * metrics['mAP']:.2f} | at the shipped thresholds F2_CIW "
         f"{100 * shipped['F2_CIW']:.2f} F1_Normal {100 * shipped['F1_Normal']:.2f} | constant predictor F2_CIW "
         f"{100 * base['F2_CIW']:.2f} F1_Normal {100 * base['F1_Normal']:.2f} mAP {100 * base['mAP']:.2f}")
@@ -122,6 +125,11 @@ def report_val(run, evaluation: Evaluation) -> None:
         write_eval_report(cfg, state.best_epoch, metrics, shipped, thresholds, base,
                           getattr(config, "sewer_hf", {}).get("thresholds_fitted_on", fitted_on(cfg, None, True)))
     accelerator.wait_for_everyone()
+
+
+def chosen(cfg) -> str:
+    """How the shipped epoch was chosen, for the report line."""
+    return "the last epoch" if cfg.epoch_selection == "last" else "chosen on the hold-out"
 
 
 def fitted_on(cfg, n_images: int | None, on_holdout: bool) -> str:

@@ -27,7 +27,7 @@ import torch
 from sewer_hf.atomic import write_json_atomically
 from sewer_hf.config import FinetuneConfig
 from sewer_hf.data import labels as L
-from sewer_hf.data.sampling import stratified_fraction
+from sewer_hf.data.sampling import RepeatFactorSampler, repeat_factors, stratified_fraction
 from sewer_hf.data.sources import load_split
 from sewer_hf.data.torch_dataset import SewerTorchDataset, collate_skip_bad
 from sewer_hf.errors import ConfigError, DataError
@@ -101,16 +101,30 @@ def labelled_splits(run):
 
 def finetune_feed(cfg: FinetuneConfig, accelerator, train_hf):
     """(feed, loader) of the fine-tuning augmentation; batched, the workers decode and resize
-    (the reference's first step): decode_size = image_size."""
+    (the reference's first step): decode_size = image_size. With ``repeat_factor_threshold`` the
+    loader draws the frames of rare classes more often."""
     aug = finetune_augmentation(cfg.augmentation)
     feed = make_train_feed(
         cfg, accelerator, train_hf, cpu_transform=lambda: finetune_transform(cfg.image_size, config=aug),
         batched_augment=lambda dtype: GPUFinetuneAugment(size=cfg.image_size, photometric_dtype=dtype, config=aug),
         decode_size=cfg.image_size)
-    loader = make_train_loader(feed, cfg, collate_skip_bad)
+    sampler = None
+    if cfg.repeat_factor_threshold > 0:
+        sampler = RepeatFactorSampler(repeat_factors(np.asarray(train_hf["labels"]), cfg.repeat_factor_threshold),
+                                      seed=cfg.seed)  # the same draws on every process and after a resume
+    loader = make_train_loader(feed, cfg, collate_skip_bad, sampler)
     if len(loader) == 0:
         raise ConfigError(f"{len(train_hf)} training images < batch_size={cfg.batch_size}: lower batch_size")
     return feed, loader
+
+
+def sampling_note(cfg: FinetuneConfig, train_labels: np.ndarray) -> str:
+    """How the frames are drawn, for the run's opening line (nothing when uniformly shuffled)."""
+    if cfg.repeat_factor_threshold <= 0:
+        return ""
+    most = repeat_factors(train_labels, cfg.repeat_factor_threshold).max()
+    return (f"; repeat-factor sampling (threshold {cfg.repeat_factor_threshold:g}): the rarest classes' frames "
+            f"drawn up to {most:.1f}x as often")
 
 
 def eval_loader(cfg: FinetuneConfig, hf, workers: int):
@@ -129,7 +143,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     holdout_loader = eval_loader(cfg, holdout_hf, feed.workers) if holdout_hf is not None else None
 
     # --- model, loss, optimizer -------------------------------------------------------------------
-    model = build_model(cfg, np.asarray(train_hf["labels"]))
+    train_labels = np.asarray(train_hf["labels"])
+    model = build_model(cfg, train_labels)
     optimizer = finetune_optimizer(cfg, model, accelerator.device)
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
     if holdout_loader is not None:
@@ -156,7 +171,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         f"{len(holdout_hf) if holdout_hf is not None else 0} held out for thresholds, {len(val_hf)} val, "
         f"global batch {run.global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}"
         f"{f' after {cfg.warmup_epochs:g} warm-up epoch(s)' if cfg.warmup_epochs else ''}, "
-        f"augmentation {feed.describe()}")
+        f"augmentation {feed.describe()}{sampling_note(cfg, train_labels)}")
 
     model.train()
     for _, batches in run.epochs(loader, feed):
