@@ -99,10 +99,10 @@ def labelled_splits(run):
     return train_hf, holdout_hf, val_hf, n_full
 
 
-def finetune_feed(cfg: FinetuneConfig, accelerator, train_hf):
+def finetune_feed(cfg: FinetuneConfig, accelerator, train_hf, labels: np.ndarray | None = None):
     """(feed, loader) of the fine-tuning augmentation; batched, the workers decode and resize
     (the reference's first step): decode_size = image_size. With ``repeat_factor_threshold`` the
-    loader draws the frames of rare classes more often."""
+    loader draws the frames of rare classes more often (``labels``: the split's, when already read)."""
     aug = finetune_augmentation(cfg.augmentation)
     feed = make_train_feed(
         cfg, accelerator, train_hf, cpu_transform=lambda: finetune_transform(cfg.image_size, config=aug),
@@ -110,7 +110,8 @@ def finetune_feed(cfg: FinetuneConfig, accelerator, train_hf):
         decode_size=cfg.image_size)
     sampler = None
     if cfg.repeat_factor_threshold > 0:
-        sampler = RepeatFactorSampler(repeat_factors(np.asarray(train_hf["labels"]), cfg.repeat_factor_threshold),
+        labels = np.asarray(train_hf["labels"]) if labels is None else labels
+        sampler = RepeatFactorSampler(repeat_factors(labels, cfg.repeat_factor_threshold),
                                       seed=cfg.seed)  # the same draws on every process and after a resume
     loader = make_train_loader(feed, cfg, collate_skip_bad, sampler)
     if len(loader) == 0:
@@ -118,13 +119,12 @@ def finetune_feed(cfg: FinetuneConfig, accelerator, train_hf):
     return feed, loader
 
 
-def sampling_note(cfg: FinetuneConfig, train_labels: np.ndarray) -> str:
+def sampling_note(cfg: FinetuneConfig, sampler) -> str:
     """How the frames are drawn, for the run's opening line (nothing when uniformly shuffled)."""
-    if cfg.repeat_factor_threshold <= 0:
+    if not isinstance(sampler, RepeatFactorSampler):
         return ""
-    most = repeat_factors(train_labels, cfg.repeat_factor_threshold).max()
     return (f"; repeat-factor sampling (threshold {cfg.repeat_factor_threshold:g}): the rarest classes' frames "
-            f"drawn up to {most:.1f}x as often")
+            f"drawn up to {float(sampler.weights.max()):.1f}x as often")
 
 
 def eval_loader(cfg: FinetuneConfig, hf, workers: int):
@@ -138,12 +138,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     # --- data: a stratified fraction of the labelled split, a hold-out for the thresholds, val ----
     train_hf, holdout_hf, val_hf, n_full = labelled_splits(run)
-    feed, loader = finetune_feed(cfg, accelerator, train_hf)
+    train_labels = np.asarray(train_hf["labels"])
+    feed, loader = finetune_feed(cfg, accelerator, train_hf, train_labels)
+    sampling = sampling_note(cfg, loader.sampler)  # before accelerate re-wraps the loader
     val_loader = eval_loader(cfg, val_hf, feed.workers)
     holdout_loader = eval_loader(cfg, holdout_hf, feed.workers) if holdout_hf is not None else None
 
     # --- model, loss, optimizer -------------------------------------------------------------------
-    train_labels = np.asarray(train_hf["labels"])
     model = build_model(cfg, train_labels)
     optimizer = finetune_optimizer(cfg, model, accelerator.device)
     model, optimizer, loader, val_loader = accelerator.prepare(model, optimizer, loader, val_loader)
@@ -171,7 +172,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         f"{len(holdout_hf) if holdout_hf is not None else 0} held out for thresholds, {len(val_hf)} val, "
         f"global batch {run.global_batch}, {iters} steps/epoch, {total_steps} steps, peak lr {peak_lr:.2e}"
         f"{f' after {cfg.warmup_epochs:g} warm-up epoch(s)' if cfg.warmup_epochs else ''}, "
-        f"augmentation {feed.describe()}{sampling_note(cfg, train_labels)}")
+        f"augmentation {feed.describe()}{sampling}")
 
     model.train()
     for _, batches in run.epochs(loader, feed):
