@@ -135,8 +135,8 @@ def main(argv=None) -> int:
     repeats = 2  # best of 2: the first run doubles as warm-up
     batch = 16
     print(f"{n_images} PNG frames 720x576 -> ViT-T/16 224 px, 17 classes; {available_cores()} cores "
-          f"(CPU features: {cpu_features()}); ONNX Runtime in {inference_lanes()} lanes of 1 thread (each decodes and "
-          f"scores its own batch); one batch at a time: model threads {threads}, decode threads "
+          f"(CPU features: {cpu_features()}); files and footage in {inference_lanes()} lanes of 1 thread (each decodes "
+          f"and scores its own batch); one batch at a time: model threads {threads}, decode threads "
           f"{inference_threads()[1]}; load average at start {os.getloadavg()[0]:.2f}")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,8 +150,10 @@ def main(argv=None) -> int:
         static_onnx.parent.mkdir()
         static_onnx.write_bytes(onnx_file.read_bytes())
         _, checks["int8 static"] = Q.export_int8(model_dir, static_onnx, "static", frames=check_frames, threads=threads)
-        print(f"setup (model, frames, ONNX export + check, int8 dynamic + static with {check_frames}-frame "
-              f"accuracy checks) {time.perf_counter() - t0:.1f} s")
+        if native_bf16():  # as `sewer-hf export-onnx` (--bf16-check auto) does: auto may then time bf16 weights
+            _, checks["bf16 weights"] = Q.export_bf16_check(model_dir, frames=check_frames, threads=threads)
+        print(f"setup (model, frames, ONNX export + check, int8 dynamic + static{' + bf16' * native_bf16()} with "
+              f"{check_frames}-frame accuracy checks) {time.perf_counter() - t0:.1f} s")
         for name, c in checks.items():
             d = c["delta_points"]
             print(f"accuracy check, {name} vs fp32 on {c['frames']} held-out synthetic frames: max |dscore| "
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
             mark = "" if checks[name]["passed"] else " (FAILED its check: not offered)"
             rows.append((f"ours, ONNX Runtime {name}{mark}", rate, diff(scores, fp32_scores, "fp32")))
         # one batch at a time (lanes=1): the model on `threads` threads, the next batch decoded meanwhile
-        one_lane = SewerClassifier(model_dir, device="cpu", threads=threads, backend="onnx",
+        one_lane = SewerClassifier(model_dir, device="cpu", threads=threads, backend=default.backend,
                                    precision=default.precision, lanes=1)
         variants = [(f"{threads}-thread model + 1 decode thread", one_lane, {"workers": 1})]
         if not args.quick:
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
 
         clf = SewerClassifier(model_dir, device="cpu", threads=threads, backend="torch")
         torch_rate, torch_scores = _rate(ours(clf), n_images, repeats)
-        rows.append(("ours, torch fp32", torch_rate, diff(torch_scores, base_scores, "pipeline")))
+        rows.append((f"ours, torch fp32, {clf.lanes} lanes", torch_rate, diff(torch_scores, base_scores, "pipeline")))
         exact_load = clf._load_file
         if not args.quick:  # preprocessing variants, torch fp32 model
             variants = {
@@ -219,10 +221,12 @@ def main(argv=None) -> int:
                 rows.append((f"  {name}", rate, diff(scores, torch_scores, "torchvision resize")))
             clf._load_file = exact_load
 
-        bf16 = SewerClassifier(model_dir, device="cpu", threads=threads, precision="bf16")
-        rate, scores = _rate(ours(bf16), n_images, repeats)
         native = "native bf16" if native_bf16() else "no native bf16 here: auto never picks it"
-        rows.append((f"ours, torch bf16 weights ({native})", rate, diff(scores, torch_scores, "fp32")))
+        for lanes in ((None,) if args.quick else (None, 1)):
+            bf16 = SewerClassifier(model_dir, device="cpu", threads=threads, precision="bf16", lanes=lanes)
+            rate, scores = _rate(ours(bf16), n_images, repeats)
+            how = f"{bf16.lanes} lanes" if bf16.lanes > 1 else f"one batch at a time, {threads}-thread model + 1 decode thread"
+            rows.append((f"ours, torch bf16 weights ({native}), {how}", rate, diff(scores, torch_scores, "fp32")))
 
         # the parts alone: decode + resize, and the model on a batch of 16
         from concurrent.futures import ThreadPoolExecutor
@@ -284,7 +288,8 @@ def main(argv=None) -> int:
         print(f"footage: scan at 2 fps, {name}: {rate:.1f} sampled frames/s ({sampled} sampled of {read} "
               f"read, {decoded} decoded) -> one hour of 25 fps footage in {7200 / rate / 60:.1f} min (goal >= 40 frames/s, <= 3 min)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
-    alone = {k: v for k, v in model_alone.items() if "bf16" not in k}
+    offered = native_bf16() and checks.get("bf16 weights", {}).get("passed")  # else auto never picks bf16
+    alone = {k: v for k, v in model_alone.items() if offered or "bf16" not in k}
     best = max(alone, key=alone.get)
     print(f"ceiling: model alone, {best}: {alone[best]:.1f} img/s = x{alone[best] / base_rate:.2f} the pipeline, "
           f"with free decoding and resizing")

@@ -149,6 +149,10 @@ def test_onnx_backend_predict_files_and_unreadable_files(classifier_dir, onnx_pa
         got_laned, bad_laned = laned.predict_files(paths, batch_size=3, progress=False)
         assert bad_laned == [0, 4, 5]
         assert np.abs(got_laned - got).max() <= 1e-5
+        torch_laned = SewerClassifier(classifier_dir, device="cpu", backend="torch", lanes=lanes)
+        got_torch, bad_torch_laned = torch_laned.predict_files(paths, batch_size=3, progress=False)
+        assert torch_laned.lanes == lanes and bad_torch_laned == [0, 4, 5]
+        assert np.abs(got_torch - expected).max() <= 1e-5
     with pytest.raises(ConfigError, match="lanes=0"):
         SewerClassifier(classifier_dir, backend="onnx", lanes=0)
 
@@ -343,15 +347,40 @@ def test_bf16_check_lets_auto_time_bf16_only_with_native_bf16(classifier_dir, tm
     assert precision_candidates(onnx_file, "cpu", model_dir=model) == [("onnx", "fp32"), ("torch", "bf16")]
     assert precision_candidates(onnx_file, "cpu", backend="onnx", model_dir=model) == [("onnx", "fp32")]
     # auto times the candidates and keeps the fastest: here bf16 is made to win
-    timings = iter([0.002, 0.001])  # s/img of fp32, then bf16 (the candidates' order)
-    monkeypatch.setattr(P, "time_scorer", lambda score, size: (score(torch.zeros(1, 3, *size[::-1], dtype=torch.uint8)),
-                                                               next(timings))[1])
-    clf = SewerClassifier(model, device="cpu", backend="auto", precision="auto")
+    timings, timed_lanes = iter([0.002, 0.001]), []  # s/img of fp32, then bf16 (the candidates' order)
+
+    def fake_timer(score, size, lanes=1):
+        score(torch.zeros(1, 3, *size[::-1], dtype=torch.uint8))
+        timed_lanes.append(lanes)
+        return next(timings)
+
+    monkeypatch.setattr(P, "time_scorer", fake_timer)
+    clf = SewerClassifier(model, device="cpu", backend="auto", precision="auto", lanes=3)
     assert (clf.backend, clf.precision) == ("torch", "bf16") and "bf16" in clf.choice
+    assert clf.lanes == 3 and timed_lanes == [3, 3], "each candidate is timed in the lanes it will run in"
     # other weights than the ones checked: not offered
     (model / Q.WEIGHTS_FILE).write_bytes((model / Q.WEIGHTS_FILE).read_bytes() + b" ")
     assert Q.read_bf16_check(model)["passed"] is False
     assert precision_candidates(onnx_file, "cpu", model_dir=model) == [("onnx", "fp32")]
+
+
+def test_time_scorer_runs_the_lanes_at_once_each_on_one_thread():
+    import threading
+
+    from sewer_hf.inference.precision import time_scorer
+
+    calls, barrier = [], threading.Barrier(2, timeout=30)
+
+    def score(pixels):  # both lanes must be in here at the same time, or the barrier times out
+        calls.append((torch.get_num_threads(), tuple(pixels.shape)))
+        barrier.wait()
+
+    seconds = time_scorer(score, (6, 4), batch=2, repeats=1, lanes=2)
+    assert calls == [(1, (2, 3, 4, 6))] * 4, "a warm-up and one timed round, two one-thread lanes each"
+    assert 0 < seconds < 30
+    calls.clear()
+    time_scorer(lambda px: calls.append(torch.get_num_threads()), (6, 4), batch=2, repeats=2)
+    assert calls == [torch.get_num_threads()] * 3, "one lane: the caller's threads"
 
 
 def test_predict_cli_precision_flag(classifier_dir, int8_export, image_files, tmp_path, capsys):

@@ -273,8 +273,12 @@ def test_scan_in_two_lanes_equals_one_batch_at_a_time(classifier, footage, tmp_p
     assert np.abs(b.scores - a.scores).max() <= 1e-5
     assert sorted(b.thumbnails) == sorted(a.thumbnails)
     assert all(b.thumbnails[i] == a.thumbnails[i] for i in a.thumbnails), "each thumbnail is its own frame's"
-    with pytest.raises(ConfigError, match="onnx backend"):
-        SewerClassifier(classifier.model_dir, device="cpu", lanes=2)
+    # PyTorch on the CPU runs in lanes too (each lane's torch ops on its own thread): the same scan
+    torch_two = SewerClassifier(classifier.model_dir, device="cpu", backend="torch", lanes=2)
+    c = scan_footage(footage, torch_two, fps=2, batch_size=3, progress=False)
+    assert c.times.tolist() == a.times.tolist() and np.abs(c.scores - a.scores).max() <= 1e-4
+    with pytest.raises(ConfigError, match="lanes=2: parallel lanes run on the CPU"):
+        SewerClassifier(classifier.model_dir, device="cuda", backend="torch", lanes=2)
 
 
 def test_scan_precision_int8(classifier, footage, tmp_path, capsys):

@@ -197,7 +197,7 @@ class ModelLane:
         precision = os.environ.get("SPACE_PRECISION", "auto")
         self.classifier = SewerClassifier(model_id, device="cpu", threads=threads,
                                           backend="torch" if precision == "bf16" else "auto",
-                                          precision=precision)
+                                          precision=precision, lanes=1)  # one batch at a time: auto times it so
         from transformers import AutoModelForImageClassification
 
         self.eager = AutoModelForImageClassification.from_pretrained(

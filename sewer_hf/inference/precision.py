@@ -83,19 +83,24 @@ def _choice_cache() -> Path:
     return Path(os.environ.get("SEWER_HF_CACHE", Path.home() / ".cache" / "sewer_hf")) / "precision_choice.json"
 
 
-def time_scorer(score, size: tuple[int, int], batch: int = PROBE_BATCH, repeats: int = 2) -> float:
-    """Best seconds per image of ``score(uint8 batch)`` after one warm-up call."""
+def time_scorer(score, size: tuple[int, int], batch: int = PROBE_BATCH, repeats: int = 2, lanes: int = 1) -> float:
+    """Best seconds per image of ``score(uint8 batch)`` after one warm-up call; with ``lanes`` > 1,
+    of that many calls at once, each in its own thread with one torch thread (as the lanes of
+    ``SewerClassifier`` run; ``score`` must then run on one thread too)."""
     import torch
+
+    from sewer_hf.inference.predict import in_lanes
 
     pixels = torch.randint(0, 256, (batch, 3, size[1], size[0]), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
-    score(pixels)
+    run = lambda: list(in_lanes(range(lanes), lambda _: score(pixels), lanes))  # noqa: E731
+    run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        score(pixels)
+        run()
         best = min(best, time.perf_counter() - start)
-    return best / batch
+    return best / (batch * lanes)
 
 
 def cached_choice(key: str) -> Optional[str]:
@@ -119,7 +124,8 @@ def store_choice(key: str, precision: str, timings: dict) -> None:
         pass
 
 
-def machine_key(files: Sequence[Path], threads: Optional[int]) -> str:
-    """What a timing depends on: the model files, the CPU and the threads."""
+def machine_key(files: Sequence[Path], threads: Optional[int], lanes: int = 1) -> str:
+    """What a timing depends on: the model files, the CPU, the threads and the lanes."""
     parts = [f"{Path(f).resolve()}:{Path(f).stat().st_mtime_ns}" for f in files if Path(f).exists()]
-    return hashlib.sha256("|".join([cpu_model(), cpu_features(), str(threads), *parts]).encode()).hexdigest()[:20]
+    return hashlib.sha256("|".join([cpu_model(), cpu_features(), str(threads), f"lanes={lanes}", *parts])
+                          .encode()).hexdigest()[:20]

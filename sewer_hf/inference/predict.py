@@ -15,16 +15,18 @@ Runtime on a `model.onnx` written by `sewer-hf export-onnx`; fp32 logits equal P
 1e-4; `precision="int8"` runs `model.int8.onnx`, only when its shipped accuracy check passed:
 see `sewer_hf.inference.quantize`). `sewer-hf predict` defaults to backend "auto" (ONNX Runtime when
 `model.onnx` is there and onnxruntime is installed) and precision "auto" (the fastest, timed once
-per machine, of fp32 and a checked int8).
+per machine, in the lanes it will run in, of fp32, a checked int8 and, on a CPU with native
+bf16, checked bf16 weights).
 
-Threads: with ONNX Runtime, many files and footage are scored in *lanes*: one per core
+Threads: on a CPU, many files and footage are scored in *lanes*: one per core
 (`inference_lanes`), each decoding and resizing its own batch and running the model on that
-batch with one thread. On a 2-core CPU this beat one 2-thread model next to a decode thread
-(ViT-T int8, 720x576 PNG): a parallel op waits for its slowest thread, and decoding kept taking
-one of the two, so the model ran slower than decoding and scoring one after the other. One
-image at a time (`predict`) still runs the model on every core. With PyTorch (one process-wide
-thread pool) decoding of the next batch runs in `workers` threads while the model scores the
-current one. ONNX Runtime's threads do not spin while idle.
+batch with one thread (ONNX Runtime, or PyTorch with that thread's intra-op threads set to 1).
+On a 2-core CPU this beat one 2-thread model next to a decode thread (ViT-T int8, 720x576 PNG):
+a parallel op waits for its slowest thread, and decoding kept taking one of the two, so the
+model ran slower than decoding and scoring one after the other. The same held for PyTorch
+(bf16 on AMX: 85 vs 56 img/s; fp32 45 vs 37). One image at a time (`predict`) still runs the
+model on every core. With one lane (`lanes=1`, or on a GPU) decoding of the next batch runs in
+`workers` threads while the model scores the current one.
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
 
 
 def inference_lanes(cores: Optional[int] = None) -> int:
-    """Batches scored in parallel by an ONNX Runtime model, each on one thread: one per core."""
+    """Batches scored in parallel by a model on the CPU, each on one thread: one per core."""
 
     return max(1, cores or available_cores())
 
@@ -123,8 +125,9 @@ class SewerClassifier:
     ``precision="int8"`` runs ``model.int8.onnx`` next to it, if its accuracy check passed;
     ``"auto"`` the fastest here of the allowed precisions (``precision_candidates``), said in
     ``choice``. ``threads`` sets the model's intra-op threads for one batch; ``lanes`` how many
-    batches ``predict_files`` and the footage scan score at once, each on one thread (ONNX Runtime
-    only; default ``inference_lanes()``, one per core; 1 = one batch at a time on ``threads``)."""
+    batches ``predict_files`` and the footage scan score at once, each on one thread (on the CPU;
+    default ``inference_lanes()``, one per core; 1 = one batch at a time on ``threads``; on a GPU
+    always 1)."""
 
     def __init__(self, model_dir: str | Path, device: Optional[str] = None, threads: Optional[int] = None,
                  backend: Optional[str] = None, onnx_path: Optional[str | Path] = None,
@@ -140,6 +143,8 @@ class SewerClassifier:
             raise ConfigError(f"precision={precision!r}: expected one of {PRECISIONS}")
         onnx_file = Path(onnx_path) if onnx_path else Path(model_dir) / "model.onnx"
         self.choice = ""  # how the precision was chosen (auto), for the run's log line
+        if lanes is not None and lanes < 1:
+            raise ConfigError(f"lanes={lanes}: expected a positive number of batches scored at once")
         if precision == "int8":
             if backend == "torch":
                 raise ConfigError("precision='int8' runs the int8 ONNX graph with ONNX Runtime; use backend "
@@ -148,7 +153,9 @@ class SewerClassifier:
             backend = "onnx"
         elif precision == "auto":
             candidates = precision_candidates(onnx_file, device, backend, model_dir=model_dir)
-            (backend, precision), self.choice = _fastest(candidates, onnx_file, threads, model_dir=model_dir)
+            cpu_lanes = lanes or inference_lanes()  # every candidate here runs on the CPU (else only one)
+            (backend, precision), self.choice = _fastest(candidates, onnx_file, threads, model_dir=model_dir,
+                                                         lanes=cpu_lanes)
         elif backend == "auto":
             backend = _auto_backend(onnx_file, device, precision)
         if backend == "onnx" and precision == "bf16":
@@ -161,6 +168,9 @@ class SewerClassifier:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and backend == "torch" else "cpu"))
         if backend == "onnx" and self.device.type != "cpu":
             raise ConfigError(f"the onnx backend runs on the CPU; got device={device!r}")
+        if lanes is not None and lanes > 1 and self.device.type != "cpu":
+            raise ConfigError(f"lanes={lanes}: parallel lanes run on the CPU (one thread each); this model runs on "
+                              f"{self.device.type}: use lanes=1")
         with model_source_errors(self.model_dir):
             config = AutoConfig.from_pretrained(self.model_dir)
         labels_in_order = [config.id2label[i] for i in range(config.num_labels)]
@@ -180,12 +190,7 @@ class SewerClassifier:
             self.model = None
             self.onnx_file = int8_path(onnx_file) if precision == "int8" else onnx_file
             self._session = onnx_session(self.onnx_file, threads)
-        if lanes is not None and lanes < 1:
-            raise ConfigError(f"lanes={lanes}: expected a positive number of batches scored at once")
-        if lanes is not None and lanes > 1 and backend != "onnx":
-            raise ConfigError(f"lanes={lanes}: parallel lanes need the onnx backend (PyTorch shares one thread "
-                              f"pool per process); this model runs on {backend}")
-        self.lanes = lanes or (inference_lanes() if backend == "onnx" else 1)
+        self.lanes = lanes or (inference_lanes() if self.device.type == "cpu" else 1)
         self._lane_session_ = None
         self._lane_lock = threading.Lock()
         with model_source_errors(self.model_dir):
@@ -409,13 +414,17 @@ def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = 
 
 
 def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Optional[int],
-             model_dir: Optional[str | Path] = None) -> tuple[tuple[str, str], str]:
-    """The fastest candidate on this machine (timed once, then cached), and a line saying so."""
+             model_dir: Optional[str | Path] = None, lanes: int = 1) -> tuple[tuple[str, str], str]:
+    """The fastest candidate on this machine (timed once, then cached), and a line saying so. Each
+    is timed as it will run: in ``lanes`` lanes of one thread (else one batch on ``threads``). The
+    model alone on all threads ranks them otherwise: on a 2-core AMX CPU bf16 weights took 6.0
+    ms/img there against int8's 8.9, yet in lanes int8 scored files at 71 img/s and bf16 at 56
+    (one 2-thread batch at a time); bf16 in lanes then ran at 85."""
     if len(candidates) == 1:
         return candidates[0], f"auto: {candidates[0][1]} (the only precision allowed here)"
 
     files = [onnx_file, int8_path(onnx_file)] + ([Path(model_dir) / BF16_CHECK_FILE] if model_dir else [])
-    key = machine_key(files, threads)
+    key = machine_key(files, threads, lanes)
     cached = cached_choice(key)
     by_precision = {p: (b, p) for b, p in candidates}
     if cached in by_precision:
@@ -423,14 +432,15 @@ def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Option
     timings = {}
     for backend, precision in candidates:
         if backend == "onnx":
-            session = onnx_session(int8_path(onnx_file) if precision == "int8" else onnx_file, threads)
+            session = onnx_session(int8_path(onnx_file) if precision == "int8" else onnx_file,
+                                   1 if lanes > 1 else threads)
             shape = session.get_inputs()[0].shape
             size = (int(shape[3]), int(shape[2]))
             score = lambda px, session=session: session.run(["logits"], {"pixel_values": px.float().numpy()})  # noqa: E731
         else:
             model = SewerClassifier(model_dir, device="cpu", threads=threads, backend="torch", precision=precision)
             size, score = model.size, model.scores_from_uint8
-        timings[precision] = time_scorer(score, size)
+        timings[precision] = time_scorer(score, size, lanes=lanes)
     best = min(timings, key=timings.get)
     store_choice(key, best, timings)
     said = ", ".join(f"{p} {1000 * t:.1f} ms/img" for p, t in timings.items())
@@ -518,8 +528,8 @@ def add_thread_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="model intra-op threads for one batch (default: all cores)")
     parser.add_argument("--lanes", type=int, default=None,
-                        help="batches scored at once, each decoded and scored on one thread (ONNX Runtime; "
-                             "default: one per core; 1 = one batch at a time on --threads)")
+                        help="batches scored at once on the CPU, each decoded and scored on one thread "
+                             "(default: one per core; 1 = one batch at a time on --threads)")
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:

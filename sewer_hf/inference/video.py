@@ -9,7 +9,7 @@
   temporary folder on disk) are kept, so memory does not grow with the video's length.
   Frames that no sample needs are skipped where nothing else is built from them (non-reference
   frames, FFmpeg's ``skip_frame``): the sampled frames and pixels are those of a full decode.
-* Threads: this thread decodes; the classifier's `lanes` (one per core with ONNX Runtime) each
+* Threads: this thread decodes; the classifier's `lanes` (one per core on a CPU) each
   convert, resize and score a batch on one thread, so 2 cores hold 2 busy lanes instead of a
   2-thread model stalled by a decode thread (`benchmarks/inference_cpu.py` measures both).
 * Damaged packets are decoded strictly (FFmpeg `err_detect=explode`): a frame that does not
