@@ -416,10 +416,10 @@ def precision_candidates(onnx_file: Path, device: Optional[str], backend: str = 
 def _fastest(candidates: list[tuple[str, str]], onnx_file: Path, threads: Optional[int],
              model_dir: Optional[str | Path] = None, lanes: int = 1) -> tuple[tuple[str, str], str]:
     """The fastest candidate on this machine (timed once, then cached), and a line saying so. Each
-    is timed as it will run: in ``lanes`` lanes of one thread (else one batch on ``threads``). The
-    model alone on all threads ranks them otherwise: on a 2-core AMX CPU bf16 weights took 6.0
-    ms/img there against int8's 8.9, yet in lanes int8 scored files at 71 img/s and bf16 at 56
-    (one 2-thread batch at a time); bf16 in lanes then ran at 85."""
+    is timed as it will run: in ``lanes`` lanes of one thread (else one batch on ``threads``).
+    Timing the model alone on all threads misled: on a 2-core AMX CPU it gave bf16 weights 6.0
+    ms/img against int8's 8.9, yet files were then scored at 56 img/s by bf16 (one 2-thread batch
+    at a time) against 71 by int8 in lanes; bf16 in lanes then ran at 85."""
     if len(candidates) == 1:
         return candidates[0], f"auto: {candidates[0][1]} (the only precision allowed here)"
 
