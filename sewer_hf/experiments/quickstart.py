@@ -220,7 +220,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     share = summary.get("dino_teacher_init_share")
     if share is not None:
         print(f"\nDINO stage: its teacher (the backbone DINO + fine-tune starts from) is still {100 * share:.0f} % "
-              "its random init" + ("; so the two classifiers above differ mostly by their random draw" if share > 0.5 else ""))
+              "its random init" + ("; from scratch starts from that same init, so the two classifiers above differ only "
+                                   "by this short drift, which is too short to be pretraining (see the README)"
+                                   if share > 0.5 else ""))
     print("\npipeline(\"image-classification\") on held-out frames (DINO + fine-tune):")
     for f in summary["pipeline"]:
         mark = "ok " if f["correct"] else "MISS"
