@@ -221,7 +221,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     if share is not None:
         print(f"\nDINO stage: its teacher (the backbone DINO + fine-tune starts from) is still {100 * share:.0f} % "
               "its random init" + ("; from scratch starts from that same init, so the two classifiers above differ only "
-                                   "by this short drift, which is too short to be pretraining (see the README)"
+                                   "by DINO's drift from it, too small to be pretraining (see the README)"
                                    if share > 0.5 else ""))
     print("\npipeline(\"image-classification\") on held-out frames (DINO + fine-tune):")
     for f in summary["pipeline"]:
