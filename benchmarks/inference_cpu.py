@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         _, checks["int8 static"] = Q.export_int8(model_dir, static_onnx, "static", frames=check_frames, threads=threads)
         if native_bf16():  # as `sewer-hf export-onnx` (--bf16-check auto) does: auto may then time bf16 weights
             _, checks["bf16 weights"] = Q.export_bf16_check(model_dir, frames=check_frames, threads=threads)
-        print(f"setup (model, frames, ONNX export + check, int8 dynamic + static{' + bf16' * native_bf16()} with "
+        print(f"setup (model, frames, ONNX export + check, int8 dynamic + static{' + bf16' * ('bf16 weights' in checks)} with "
               f"{check_frames}-frame accuracy checks) {time.perf_counter() - t0:.1f} s")
         for name, c in checks.items():
             d = c["delta_points"]
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
         print(f"footage: scan at 2 fps, {name}: {rate:.1f} sampled frames/s ({sampled} sampled of {read} "
               f"read, {decoded} decoded) -> one hour of 25 fps footage in {7200 / rate / 60:.1f} min (goal >= 40 frames/s, <= 3 min)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
-    offered = native_bf16() and checks.get("bf16 weights", {}).get("passed")  # else auto never picks bf16
+    offered = checks.get("bf16 weights", {}).get("passed")  # checked only with native bf16; else auto never picks it
     alone = {k: v for k, v in model_alone.items() if offered or "bf16" not in k}
     best = max(alone, key=alone.get)
     print(f"ceiling: model alone, {best}: {alone[best]:.1f} img/s = x{alone[best] / base_rate:.2f} the pipeline, "

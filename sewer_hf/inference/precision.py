@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from sewer_hf.atomic import write_json_atomically
 from sewer_hf.feed.machine import cpu_features, cpu_model
+from sewer_hf.inference.lanes import in_lanes
 
 PROBE_BATCH = 8
 
@@ -88,8 +89,6 @@ def time_scorer(score, size: tuple[int, int], batch: int = PROBE_BATCH, repeats:
     of that many calls at once, each in its own thread with one torch thread (as the lanes of
     ``SewerClassifier`` run; ``score`` must then run on one thread too)."""
     import torch
-
-    from sewer_hf.inference.predict import in_lanes
 
     pixels = torch.randint(0, 256, (batch, 3, size[1], size[0]), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))

@@ -31,7 +31,6 @@ model on every core. With one lane (`lanes=1`, or on a GPU) decoding of the next
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import json
 import logging
@@ -41,7 +40,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -50,6 +49,7 @@ from sewer_hf.data import labels as L
 from sewer_hf.data import load_sewer_ml
 from sewer_hf.errors import ConfigError, DataError
 from sewer_hf.feed.machine import available_cores, native_bf16
+from sewer_hf.inference.lanes import in_lanes, inference_lanes  # noqa: F401 (in_lanes: also for video)
 from sewer_hf.inference.onnx import onnx_session
 from sewer_hf.inference.precision import (
     BF16_CHECK_FILE,
@@ -80,40 +80,6 @@ def inference_threads(cores: Optional[int] = None) -> tuple[int, int]:
 
     cores = cores or available_cores()
     return cores, max(1, cores // 2)
-
-
-def inference_lanes(cores: Optional[int] = None) -> int:
-    """Batches scored in parallel by a model on the CPU, each on one thread: one per core."""
-
-    return max(1, cores or available_cores())
-
-
-def in_lanes(items: Iterable, work: Callable, lanes: int) -> Iterator:
-    """``work(item)`` for each item, ``lanes`` at a time in threads, results in the items' order.
-    At most ``lanes + 1`` items are in flight: the caller prepares the next one (e.g. decodes
-    footage) while the lanes work. An error in a lane is raised here, when its turn comes.
-    torch ops in a lane (resize, normalisation) run on that lane's thread only: two lanes sharing
-    torch's thread pool would wait for each other at every parallel op."""
-    import torch
-
-    caller_threads = torch.get_num_threads()
-    # torch's thread count is per thread (OpenMP); setting it in a lane also becomes the default
-    # of threads started later, which is put back below. A single lane keeps the caller's threads
-    # (a PyTorch model scored there still uses every core).
-    with ThreadPoolExecutor(max_workers=lanes, initializer=torch.set_num_threads,
-                            initargs=(1 if lanes > 1 else caller_threads,)) as pool:
-        pending: collections.deque = collections.deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(work, item))
-                if len(pending) > lanes:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-            torch.set_num_threads(caller_threads)
 
 
 class SewerClassifier:
