@@ -134,6 +134,9 @@ class PretrainConfig(RunConfig):
     center_momentum: float = 0.9  # DINO
     clip_grad: float = 3.0  # DINO
     freeze_last_layer: int = 1  # DINO: last layer frozen during epoch 0
+    # DINOv2 (Oquab et al. 2023) adds 0.1 x KoLeo on the student's global-view CLS features, which
+    # keeps them spread; 0 = the paper's DINO, exactly. The smoke config uses it (see its comment).
+    koleo_weight: float = 0.0
     # --- hybrid pretraining (paper Table 2: DINO + class-weighted BCE) --------------------------
     hybrid: bool = False
     hybrid_weight: float = 1.0  # loss = dino + hybrid_weight * BCE(pos_weight)
@@ -156,6 +159,9 @@ class PretrainConfig(RunConfig):
     def validate(self) -> None:
         super().validate()  # the numeric domains, teacher_temp <= 0.07 and the crop scales included
         _check_choice("augmentation", self.augmentation, ("paper", "crops"))  # sewer_hf.feed.spec.PRETRAIN_AUGMENTATIONS
+        if self.koleo_weight > 0 and self.batch_size < 2:
+            raise ConfigError(f"koleo_weight={self.koleo_weight} needs batch_size >= 2 (a nearest neighbour in the "
+                              f"batch), got {self.batch_size}")
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -256,6 +262,7 @@ DOMAINS: dict[str, Domain] = {
     "center_momentum": UNIT,
     "freeze_last_layer": NON_NEGATIVE,
     "hybrid_weight": NON_NEGATIVE,
+    "koleo_weight": NON_NEGATIVE,
     "rankme_samples": Domain(0, note="0 = no RankMe / teacher entropy"),
     "knn_k": AT_LEAST_ONE,
     "knn_temperature": POSITIVE,

@@ -1,4 +1,4 @@
-"""DINO loss, centre, schedules, EMA teacher, last-layer freeze, RankMe."""
+"""DINO loss, centre, schedules, EMA teacher, last-layer freeze, RankMe, KoLeo."""
 import math
 import socket
 
@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients, rankme
+from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients, koleo_loss, rankme
 from sewer_hf.models.vit import DINOHead, MultiCropWrapper
 from sewer_hf.train.optim import cosine_schedule, ema_update, param_groups
 
@@ -203,6 +203,35 @@ def _center_worker(rank, world, port, outputs, result_path):
         torch.save({"center": loss_fn.center, "ema_ok": ema_ok}, f"{result_path}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def nearest_distances(x):
+    """Independent route: all pairwise distances of the normalised rows, the smallest off the diagonal."""
+    n = torch.nn.functional.normalize(x, dim=-1)
+    return (torch.cdist(n, n) + 10 * torch.eye(len(x))).min(dim=1).values
+
+
+def test_koleo_is_minus_the_mean_log_nearest_neighbour_distance_on_the_sphere():
+    torch.manual_seed(0)
+    x = 3 * torch.randn(16, 8)
+    assert koleo_loss(x).item() == pytest.approx(-torch.log(nearest_distances(x) + 1e-8).mean().item(), rel=1e-5)
+    assert koleo_loss(5 * x).item() == pytest.approx(koleo_loss(x).item(), rel=1e-5)  # scale-free
+    spread = torch.eye(8)  # orthonormal rows: every nearest neighbour at sqrt(2)
+    assert koleo_loss(spread).item() == pytest.approx(-math.log(math.sqrt(2)), abs=1e-6)
+    bunched = torch.ones(8, 8) + 0.01 * torch.randn(8, 8)
+    assert koleo_loss(bunched).item() > koleo_loss(spread).item() + 3
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        koleo_loss(torch.randn(1, 8))
+
+
+def test_koleo_gradient_spreads_a_bunched_batch():
+    torch.manual_seed(1)
+    bunched = torch.ones(8, 16) + 0.05 * torch.randn(8, 16)
+    x = bunched.clone().requires_grad_(True)
+    koleo_loss(x).backward()
+    stepped = bunched - 0.01 * x.grad / x.grad.norm()
+    before, after = nearest_distances(bunched), nearest_distances(stepped)
+    assert after.min() > before.min() and after.mean() > before.mean()
 
 
 def test_center_all_reduce_two_processes(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from sewer_hf.config import PretrainConfig
+from sewer_hf.errors import ConfigError
 from sewer_hf.train.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,6 +183,20 @@ def test_hybrid_mode_adds_the_weighted_bce_and_logs_to_tensorboard(tiny_data, tm
     from sewer_hf.train.run import RUN_OUTPUTS
 
     assert {p.name for p in (tmp_path / "hybrid").iterdir()} <= RUN_OUTPUTS
+
+
+def test_koleo_weight_adds_its_term_to_the_dino_loss(tiny_data, tmp_path):
+    """First step, same seed, same weights, same batch: the loss with KoLeo is the plain DINO
+    loss plus koleo_weight x the logged KoLeo term."""
+    small = dict(epochs=1, max_steps=2, knn_eval=False, rankme_samples=0)
+    run(tiny_data, tmp_path / "plain", **small)
+    run(tiny_data, tmp_path / "koleo", koleo_weight=0.5, **small)
+    plain, koleo = ([json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                    for name in ("plain", "koleo"))
+    assert "koleo" not in plain[0] and all(math.isfinite(r["koleo"]) for r in koleo if "loss" in r)
+    assert koleo[0]["loss"] == pytest.approx(plain[0]["loss"] + 0.5 * koleo[0]["koleo"], rel=1e-4)
+    with pytest.raises(ConfigError, match="koleo_weight=0.1 needs batch_size >= 2"):
+        PretrainConfig(koleo_weight=0.1, batch_size=1).validate()
 
 
 def test_collapse_warning():

@@ -1,5 +1,6 @@
 """DINO self-distillation (Caron et al. 2021): the loss with its centre and teacher-temperature
-schedule, the frozen last layer, and the collapse signals (RankMe, the teacher's entropy).
+schedule, the frozen last layer, and the collapse signals (RankMe, the teacher's entropy); and
+DINOv2's KoLeo regulariser (off by default: the paper's DINO has none).
 Mirrors the official ``main_dino.py`` / ``utils.py``; the lr / weight-decay / momentum schedules
 and the EMA teacher update are in ``sewer_hf.train.optim``.
 """
@@ -102,6 +103,22 @@ class DINOLoss(nn.Module):
             dist.all_reduce(batch_center)  # sum of per-process means
             batch_center = batch_center / dist.get_world_size()
         self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo (Sablayrolles et al. 2019), as DINOv2 (Oquab et al. 2023) adds it to DINO: minus the
+    mean log distance from each L2-normalised row of ``features`` (B, D) to its nearest other row.
+    Low when the batch is spread over the sphere, large when rows bunch up: it pushes against
+    the uniform collapse a short DINO run drifts into (see recipes/configs/smoke_dino.yaml)."""
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"KoLeo needs a (B, D) batch of at least 2 rows, got shape {tuple(features.shape)}")
+    with torch.autocast(features.device.type, enabled=False):  # a log of small distances: fp32
+        x = F.normalize(features.float(), dim=-1, eps=eps)
+        with torch.no_grad():  # which row is nearest is not differentiated (DINOv2 neither)
+            dots = x @ x.t()
+            dots.fill_diagonal_(-2.0)  # below any cosine: a row is never its own neighbour
+            nearest = dots.argmax(dim=1)
+        return -torch.log((x - x[nearest]).norm(dim=-1) + eps).mean()
 
 
 def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_last_layer_epochs: int = 1) -> None:

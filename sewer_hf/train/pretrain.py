@@ -2,7 +2,8 @@
 
     data  -> two augmented global views (+ optional local crops) per image
     model -> student / teacher ViT + DINO head (sewer_hf.models.vit)
-    loss  -> DINO cross-entropy with centering and teacher-temperature schedule (sewer_hf.models.dino)
+    loss  -> DINO cross-entropy with centering and teacher-temperature schedule (sewer_hf.models.dino),
+             + koleo_weight x KoLeo on the student's global-view features (DINOv2; 0 in the paper)
     step  -> AdamW with per-iteration lr / wd schedules, grad clipping, frozen last layer in
              epoch 0, EMA teacher update with cosine momentum (sewer_hf.train.optim)
     logs  -> metrics.jsonl, TensorBoard, per-epoch RankMe + teacher entropy (collapse warning),
@@ -32,7 +33,7 @@ from sewer_hf.feed.augment import PretrainTransform
 from sewer_hf.feed.batched import GPUPretrainAugment
 from sewer_hf.feed.pipeline import make_train_feed, make_train_loader
 from sewer_hf.feed.spec import pretrain_augmentation
-from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients
+from sewer_hf.models.dino import DINOLoss, cancel_last_layer_gradients, koleo_loss
 from sewer_hf.models.hf_export import save_backbone
 from sewer_hf.models.losses import WeightedBCE
 from sewer_hf.models.vit import build_student_teacher
@@ -105,14 +106,18 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 with accelerator.autocast():
                     with torch.no_grad():
                         teacher_out = teacher_fwd(views[:2])  # teacher sees only the global views
-                    if hybrid_head is None:
+                    if hybrid_head is None and not cfg.koleo_weight:
                         student_out = student_fwd(views)
                     else:
                         student_out, feats = student_fwd(views, return_features=True)
+                        global_feats = feats[: 2 * views[0].shape[0]]
                     loss = dino_loss(student_out, teacher_out, epoch)
+                    if cfg.koleo_weight:  # per global view, as DINOv2 does
+                        koleo = sum(koleo_loss(f) for f in global_feats.chunk(2))
+                        loss = loss + cfg.koleo_weight * koleo
                     if hybrid_head is not None:
                         targets = batch["labels"].to(accelerator.device).repeat(2, 1)
-                        bce_loss = bce(hybrid_head(feats[: 2 * views[0].shape[0]]), targets)
+                        bce_loss = bce(hybrid_head(global_feats), targets)
                         loss = loss + cfg.hybrid_weight * bce_loss
                 run.optimizer_step(loss, student, optimizer, before_step=lambda: cancel_last_layer_gradients(
                     accelerator.unwrap_model(student), epoch, cfg.freeze_last_layer))
@@ -123,6 +128,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                       "teacher_temp": dino_loss.teacher_temp_at(epoch)}
             if hybrid_head is not None:
                 record["bce"] = bce_loss.item()
+            if cfg.koleo_weight:
+                record["koleo"] = koleo.item()
             if run.step_done(views[0].shape[0] * accelerator.num_processes, loss, record):
                 break
         if run.epoch_ended(loader):
