@@ -43,12 +43,8 @@ def main(argv=None) -> int:
     tiny = {"epochs": 1, "image_size": 32, "batch_size": 8, "lr_milestones": []} if args.quick else {}
     print(f"machine: {machine_record()}; train {n_train} frames (seed 0), val {n_val} (seed {VAL_SEED})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp, data = Path(tmp), Path(tmp) / "prepared"
-        generate_synthetic(tmp / "train", n_train, 0, seed=0)
-        generate_synthetic(tmp / "val", 0, n_val, seed=VAL_SEED)
-        size = tiny.get("image_size", 64)
-        prepare_shards(tmp / "train", data, size=size, splits=("Train",))
-        prepare_shards(tmp / "val", data, size=size, splits=("Val",))
+        tmp = Path(tmp)
+        data = quickstart_frames(tmp, n_train, n_val, train_seed=0, size=tiny.get("image_size", 64))
         rows = []
         for variant in variants:
             over = {**parse_overrides(shlex.split(variant))[1], **tiny, "data": str(data), "seed": args.seed, "report_to": "none",
@@ -57,6 +53,24 @@ def main(argv=None) -> int:
             finetune(load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), over))
             report = json.loads((tmp / f"run{len(rows)}" / "eval.json").read_text())
             rows.append((variant or "as shipped", report, time.perf_counter() - began))
+    print_table(rows)
+    return 0
+
+
+def quickstart_frames(tmp: Path, n_train: int, n_val: int, train_seed: int, size: int) -> Path:
+    """``tmp/prepared``: the quickstart's train frames of ``train_seed`` (its ``--seed``) and
+    ``n_val`` val frames of VAL_SEED, prepared at ``size`` px."""
+    data = tmp / "prepared"
+    generate_synthetic(tmp / "train", n_train, 0, seed=train_seed)
+    generate_synthetic(tmp / "val", 0, n_val, seed=VAL_SEED)
+    prepare_shards(tmp / "train", data, size=size, splits=("Train",))
+    prepare_shards(tmp / "val", data, size=size, splits=("Val",))
+    return data
+
+
+def print_table(rows: list[tuple[str, dict, float]]) -> None:
+    """(name, eval.json of a fine-tuning run, seconds) rows, next to the constant predictor; the
+    first row is the one the others are compared with."""
     base = rows[0][1]["constant_baseline"]
     print(f"\nconstant predictor on these val frames: F2_CIW {100 * base['F2_CIW']:.2f} "
           f"F1_Normal {100 * base['F1_Normal']:.2f} mAP {100 * base['mAP']:.2f}")
@@ -68,7 +82,6 @@ def main(argv=None) -> int:
               f"{100 * shipped['F1_Normal']:.2f} | {all(report['learned'].values())} | {seconds:.0f} |")
     for name, report, _ in rows[1:]:
         print(f"mAP {name} / {rows[0][0]}: {report['mAP'] / rows[0][1]['mAP']:.2f}")
-    return 0
 
 
 if __name__ == "__main__":

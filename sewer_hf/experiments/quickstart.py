@@ -83,6 +83,15 @@ def prepare_shards(raw: Path, prepared: Path, size: int = PREPARED_SIZE, splits:
         cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared), "--size", str(size)])
 
 
+def dino_config(overrides: dict[str, Any], epochs: int | None = None) -> PretrainConfig:
+    """The quickstart's DINO stage: smoke_dino.yaml for ``epochs`` (default DINO_EPOCHS) of its
+    3,072 frames, a quarter of them warm-up, with KoLeo."""
+    epochs = epochs or DINO_EPOCHS  # the smoke config's 10 epochs are of 768 frames
+    return load_config(PretrainConfig, shipped_config("smoke_dino.yaml"), {
+        "epochs": epochs, "warmup_epochs": 0.25 * epochs, "koleo_weight": DINO_KOLEO_WEIGHT,
+        "knn_max_train": KNN_TRAIN, **overrides})
+
+
 def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: int = VAL_FRAMES, seed: int = 0,
                pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> dict[str, Any]:
 
@@ -108,10 +117,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: 
 
     # each training stage records its config's hash: a run left by other settings (an older
     # release of these configs, other epochs) is an error that says so, never silently reused
-    epochs = pretrain_epochs or DINO_EPOCHS  # the smoke config's 10 epochs are of 768 frames
-    dino_cfg = load_config(PretrainConfig, shipped_config("smoke_dino.yaml"), {
-        **common, "output_dir": str(out / "dino"), "epochs": epochs, "warmup_epochs": 0.25 * epochs,
-        "koleo_weight": DINO_KOLEO_WEIGHT, "knn_max_train": KNN_TRAIN})
+    dino_cfg = dino_config({**common, "output_dir": str(out / "dino")}, pretrain_epochs)
     dino = stages.run("dino", lambda: pretrain(dino_cfg), config_hash=config_hash(dino_cfg))
 
     for name, backbone in (("ssl_finetune", dino["backbone"]), ("supervised", None)):
