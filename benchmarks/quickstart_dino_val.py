@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from smoke_finetune_val import VAL_SEED, print_table, quickstart_frames
+from smoke_finetune_val import VAL_SEED, finetune_and_score, print_table, quickstart_frames
 
-from sewer_hf.config import FinetuneConfig, load_config, parse_overrides
-from sewer_hf.experiments.quickstart import dino_config, shipped_config
+from sewer_hf.config import parse_overrides
+from sewer_hf.experiments.quickstart import dino_config
 from sewer_hf.feed.machine import machine_record
-from sewer_hf.train.finetune import finetune
 from sewer_hf.train.pretrain import pretrain
 
 PLAIN_DINO = "--koleo_weight=0"  # the paper's DINO objective, as the quickstart ran it before KoLeo
@@ -63,10 +62,9 @@ def main(argv=None) -> int:
                 dino_lines.append(f"{name}: teacher RankMe {epoch_end[-1]['rankme']:.1f}" + (
                     f", kNN mAP {100 * knn['pretrained']['mAP']:.2f} (random init {100 * knn['random_init']['mAP']:.2f})"
                     if knn else ""))
-            run = tmp / f"finetune{len(rows)}"
-            finetune(load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), {
-                **common, **tiny_ft, "output_dir": str(run), **({"backbone": backbone} if backbone else {})}))
-            rows.append((name, json.loads((run / "eval.json").read_text()), time.perf_counter() - began))
+            report = finetune_and_score({"data": str(data), "seed": args.seed, **tiny_ft,
+                                         **({"backbone": backbone} if backbone else {})}, tmp / f"finetune{len(rows)}")
+            rows.append((name, report, time.perf_counter() - began))
     print_table(rows)
     print("\n".join(dino_lines))
     return 0

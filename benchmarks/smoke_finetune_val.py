@@ -47,11 +47,9 @@ def main(argv=None) -> int:
         data = quickstart_frames(tmp, n_train, n_val, train_seed=0, size=tiny.get("image_size", 64))
         rows = []
         for variant in variants:
-            over = {**parse_overrides(shlex.split(variant))[1], **tiny, "data": str(data), "seed": args.seed, "report_to": "none",
-                    "output_dir": str(tmp / f"run{len(rows)}"), "overwrite_output_dir": True}
+            over = {**parse_overrides(shlex.split(variant))[1], **tiny, "data": str(data), "seed": args.seed}
             began = time.perf_counter()
-            finetune(load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), over))
-            report = json.loads((tmp / f"run{len(rows)}" / "eval.json").read_text())
+            report = finetune_and_score(over, tmp / f"run{len(rows)}")
             rows.append((variant or "as shipped", report, time.perf_counter() - began))
     print_table(rows)
     return 0
@@ -66,6 +64,13 @@ def quickstart_frames(tmp: Path, n_train: int, n_val: int, train_seed: int, size
     prepare_shards(tmp / "train", data, size=size, splits=("Train",))
     prepare_shards(tmp / "val", data, size=size, splits=("Val",))
     return data
+
+
+def finetune_and_score(overrides: dict, out: Path) -> dict:
+    """smoke_finetune.yaml with ``overrides`` into ``out``; its eval.json (Val at 0.5 and at the shipped thresholds)."""
+    finetune(load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), {
+        **overrides, "report_to": "none", "output_dir": str(out), "overwrite_output_dir": True}))
+    return json.loads((out / "eval.json").read_text())
 
 
 def print_table(rows: list[tuple[str, dict, float]]) -> None:

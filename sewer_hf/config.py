@@ -135,7 +135,8 @@ class PretrainConfig(RunConfig):
     clip_grad: float = 3.0  # DINO
     freeze_last_layer: int = 1  # DINO: last layer frozen during epoch 0
     # DINOv2 (Oquab et al. 2023) adds 0.1 x KoLeo on the student's global-view CLS features, which
-    # keeps them spread; 0 = the paper's DINO, exactly. The smoke config uses it (see its comment).
+    # keeps them spread; 0 = the paper's DINO, exactly. The quickstart's one-epoch DINO uses 0.5
+    # (sewer_hf.experiments.quickstart.DINO_KOLEO_WEIGHT says why).
     koleo_weight: float = 0.0
     # --- hybrid pretraining (paper Table 2: DINO + class-weighted BCE) --------------------------
     hybrid: bool = False

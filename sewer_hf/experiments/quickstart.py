@@ -4,8 +4,8 @@ Stages (each one's result is kept in `<out>/<stage>/stage.json`, so a re-run reu
 stages): synthetic data -> `sewer-hf prepare` to small shards (frames read at the size they are
 trained on, as a user with the real data would) -> DINO pretraining (smoke: one epoch, with
 DINOv2's KoLeo term) -> fine-tuning from it -> the same budget from scratch -> predict + evaluate
-both on Val, at 0.5 and at the shipped thresholds, next to the constant-predictor baseline -> `pipeline(...)` on held-out frames, one
-per large defect class -> the Hub repo folder of the fine-tuned classifier, as a dry run
+both on Val, at 0.5 and at the shipped thresholds, next to the constant-predictor baseline ->
+`pipeline(...)` on held-out frames, one per large defect class -> the Hub repo folder of the fine-tuned classifier, as a dry run
 (`<out>/hub_dry_run/`). A table and `<out>/summary.json` close the run. Synthetic numbers are
 not Sewer-ML numbers.
 """

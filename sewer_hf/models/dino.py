@@ -109,7 +109,7 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """KoLeo (Sablayrolles et al. 2019), as DINOv2 (Oquab et al. 2023) adds it to DINO: minus the
     mean log distance from each L2-normalised row of ``features`` (B, D) to its nearest other row.
     Low when the batch is spread over the sphere, large when rows bunch up: it pushes against
-    the uniform collapse a short DINO run drifts into (see recipes/configs/smoke_dino.yaml)."""
+    the uniform collapse a short DINO run drifts into (see quickstart.DINO_KOLEO_WEIGHT)."""
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"KoLeo needs a (B, D) batch of at least 2 rows, got shape {tuple(features.shape)}")
     with torch.autocast(features.device.type, enabled=False):  # a log of small distances: fp32

@@ -106,11 +106,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 with accelerator.autocast():
                     with torch.no_grad():
                         teacher_out = teacher_fwd(views[:2])  # teacher sees only the global views
-                    if hybrid_head is None and not cfg.koleo_weight:
-                        student_out = student_fwd(views)
-                    else:
-                        student_out, feats = student_fwd(views, return_features=True)
-                        global_feats = feats[: 2 * views[0].shape[0]]
+                    student_out, feats = student_fwd(views, return_features=True)  # features: no extra cost
+                    global_feats = feats[: 2 * views[0].shape[0]]  # KoLeo's and the hybrid head's input
                     loss = dino_loss(student_out, teacher_out, epoch)
                     if cfg.koleo_weight:  # per global view, as DINOv2 does
                         koleo = sum(koleo_loss(f) for f in global_feats.chunk(2))
