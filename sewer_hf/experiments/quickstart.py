@@ -41,6 +41,7 @@ DINO_EPOCHS = 1  # x 3,072 frames (smoke_dino.yaml alone: 10 epochs of 768); the
 # 3,072 val frames of another seed, mAP: 18.49 / 17.67 / 18.06 vs from scratch 16.00 / 17.24 / 16.41, seeds 0-2;
 # 0.1 and 2 gave 16.19 and 17.21 on seed 1)
 DINO_KOLEO_WEIGHT = 0.5
+TRAIN_FRAMES = 3072  # synthetic train frames (the threshold hold-out takes 10 % of them)
 # Val frames scored: on 512, the rarer classes have 2-7 positives and mAP moved by ~2 points between
 # equally good models (benchmarks/smoke_finetune_val.py), so "learned" was partly a draw
 VAL_FRAMES = 2048
@@ -92,7 +93,7 @@ def dino_config(overrides: dict[str, Any], epochs: int | None = None) -> Pretrai
         "knn_max_train": KNN_TRAIN, **overrides})
 
 
-def quickstart(out: str | Path = "runs/quickstart", n_train: int = 3072, n_val: int = VAL_FRAMES, seed: int = 0,
+def quickstart(out: str | Path = "runs/quickstart", n_train: int = TRAIN_FRAMES, n_val: int = VAL_FRAMES, seed: int = 0,
                pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> dict[str, Any]:
 
     out = Path(out)
@@ -245,7 +246,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--train", type=int, default=3072, help="synthetic training frames")
+    parser.add_argument("--train", type=int, default=TRAIN_FRAMES, help="synthetic training frames")
     parser.add_argument("--val", type=int, default=VAL_FRAMES, help="synthetic validation frames")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-epochs", type=int, default=None)
