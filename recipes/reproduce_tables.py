@@ -26,6 +26,7 @@ from pathlib import Path
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.experiments.quickstart import TRAIN_FRAMES, VAL_FRAMES, dino_config, synthetic_prepared_data
 from sewer_hf.experiments.stages import Stages, config_hash
+from sewer_hf.feed.machine import machine_record
 from sewer_hf.metrics import LEARNED_BAR, learned
 from sewer_hf.train.finetune import finetune
 from sewer_hf.train.pretrain import pretrain
@@ -203,9 +204,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results = run_grid(args)
     results["seconds"] = round(time.perf_counter() - start, 1)
+    results["machine"] = machine = machine_record()
     table = render(results, args.archs)
     out = Path(args.out)
-    (out / "tables.md").write_text(table + f"\nWall time: {results['seconds']:.0f} s.\n")
+    stages = sum(results["stage_seconds"].values())
+    (out / "tables.md").write_text(table + f"\nStages: {stages:.0f} s (this call: {results['seconds']:.0f} s wall) on "
+                                   f"{machine['cpu_model']}, {machine['cores']} cores ({machine['cpu_features']}).\n")
     (out / "tables.json").write_text(json.dumps(results, indent=2))
     print(table)
     print(f"written to {out / 'tables.md'} in {results['seconds']:.0f} s")

@@ -13,6 +13,7 @@ import pytest
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
 from sewer_hf.experiments.quickstart import DINO_EPOCHS, DINO_KOLEO_WEIGHT
+from sewer_hf.feed.machine import cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = {"F2_CIW": 0.24, "F1_Normal": 0.58, "mAP": 0.075}
@@ -105,6 +106,7 @@ def test_grid_reuses_finished_runs_refuses_changed_ones_and_marks_what_did_not_l
     assert rows["ViT-T/16-10%"].count("⚠") == 2 and "⚠" in rows["ViT-T/16-LINEAR"]
     assert "⚠" not in rows["ViT-T/16-HYBRID"] and "| 41.00 |" in rows["ViT-T/16 HYBRID"]
     assert "F2_CIW 24.00, F1_Normal 58.00, mAP 7.50" in table
+    assert f"cores ({cpu_features()})" in (out / "tables.md").read_text()  # the machine next to the numbers
     results = json.loads((out / "tables.json").read_text())
     assert results["runs"]["vit_tiny/ssl_ft_100"]["mAP"] == 0.18
 
