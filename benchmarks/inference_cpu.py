@@ -111,6 +111,39 @@ def _tv_decode_resize(path):
     return F.resize(decode_png(data), [224, 224], interpolation=F.InterpolationMode.BICUBIC, antialias=True)
 
 
+def _scan_account(clip, classifier, batch: int) -> dict[str, float]:
+    """Core-ms per sampled frame of each stage of ``scan`` (2 fps), run one after the other on this
+    thread with one torch thread: what the lanes and the decoding thread share out."""
+    import torch
+
+    from sewer_hf.inference.video import DecodeStats, _thumbnail_jpeg, open_footage, sample_frames
+
+    def staged(name, fn, items):
+        t0 = time.thread_time()
+        out = [fn(item) for item in items]
+        account[name] = 1000 * (time.thread_time() - t0) / len(items)
+        return out
+
+    account: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        container, stream, info = open_footage(clip)
+        with container:
+            frames = staged("decoding", lambda _: [f for _, f in sample_frames(container, stream, info, 2.0, DecodeStats())],
+                            [None])[0]
+        account["decoding"] /= len(frames)
+        staged("thumbnail", _thumbnail_jpeg, frames)
+        arrays = staged("resize", classifier.preprocess, staged("RGB conversion", lambda f: f.to_ndarray(format="rgb24"), frames))
+        batches = [arrays[i:i + batch] for i in range(0, len(arrays), batch)]
+        classifier.scores_from_arrays(batches[0], lane=True)  # warm-up
+        staged("model", lambda b: classifier.scores_from_arrays(b, lane=True), batches)
+        account["model"] *= len(batches) / len(arrays)
+    finally:
+        torch.set_num_threads(threads)
+    return account
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -275,18 +308,24 @@ def main(argv=None) -> int:
         for name, scanner in ((f"default ({default.precision}, {default.lanes} lanes)", default),
                               (f"{default.precision}, one batch at a time ({threads}-thread model, decoding beside it)", one_lane),
                               (f"ONNX Runtime fp32, {fp32.lanes} lanes", fp32)):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.process_time()
             result = scan_footage(clip, scanner, fps=2, progress=False)
-            footage[name] = (result.stats.sampled / (time.perf_counter() - t0), result.stats.sampled,
-                             result.stats.read, result.stats.decoded)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0  # CPU: all threads of this process
+            footage[name] = (result.stats.sampled / wall, result.stats.sampled, result.stats.read,
+                             result.stats.decoded, 1000 * cpu / result.stats.sampled, cpu / wall)
+
+        account = _scan_account(clip, default, batch)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'variant':{width}s}  img/s   vs best pipeline")
     for name, rate, note in rows:
         print(f"{name:{width}s}  {rate:6.1f}  x{rate / base_rate:4.2f}  {note}")
-    for name, (rate, sampled, read, decoded) in footage.items():
+    for name, (rate, sampled, read, decoded, core_ms, busy) in footage.items():
         print(f"footage: scan at 2 fps, {name}: {rate:.1f} sampled frames/s ({sampled} sampled of {read} "
-              f"read, {decoded} decoded) -> one hour of 25 fps footage in {7200 / rate / 60:.1f} min (goal >= 40 frames/s, <= 3 min)")
+              f"read, {decoded} decoded; {core_ms:.0f} core-ms per sampled frame, {busy:.2f} cores busy) -> one hour "
+              f"of 25 fps footage in {7200 / rate / 60:.1f} min (goal >= 40 frames/s, <= 3 min)")
+    print("footage: one sampled frame's CPU time, each stage alone on one thread: "
+          + ", ".join(f"{name} {ms:.1f}" for name, ms in account.items()) + f" core-ms (sum {sum(account.values()):.1f})")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     offered = checks.get("bf16 weights", {}).get("passed")  # checked only with native bf16; else auto never picks it
     alone = {k: v for k, v in model_alone.items() if offered or "bf16" not in k}

@@ -38,6 +38,7 @@ def test_tiny_quickstart_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert summary["machine"]["cpu_features"] == cpu_features() and summary["machine"]["cores"] >= 1
     assert 0.9 < summary["dino_teacher_init_share"] < 1 and "its teacher (the backbone DINO + fine-tune starts from)" in printed
     assert "| constant predictor (best per metric) |" in printed
+    assert summary["reused_stages"] == [] and "were reused" not in printed
 
     marks = {s: (out / s / "stage.json").stat().st_mtime_ns for s in STAGES}
     assert main(args) == 0

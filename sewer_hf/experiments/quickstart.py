@@ -146,7 +146,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = TRAIN_FRAMES,
         "constant_baseline": evaluation["constant_baseline"],
         "knn": dino.get("knn"), "dino_teacher_init_share": dino.get("teacher_init_share"),
         "pipeline": pipe["frames"], "stage_seconds": stages.seconds,
-        "total_seconds": round(time.perf_counter() - wall, 1), "machine": machine_record(),
+        "reused_stages": stages.reused, "total_seconds": round(time.perf_counter() - wall, 1), "machine": machine_record(),
         "hub_dry_run": hub["folder"],
         "note": "Synthetic data: these numbers are not Sewer-ML numbers.",
     }
@@ -228,8 +228,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"| {stage} | {sec:.0f} |")
     stages_total = sum(summary["stage_seconds"].values())
     print(f"| total | {stages_total:.0f} |")
-    if summary["total_seconds"] < stages_total:  # a re-run reads the finished stages back
-        print(f"(this call took {summary['total_seconds']:.0f} s: the finished stages were reused)")
+    if summary.get("reused_stages"):  # a re-run reads the finished stages back
+        print(f"(this call took {summary['total_seconds']:.0f} s: the finished stages were reused: "
+              f"{', '.join(summary['reused_stages'])})")
     share = summary.get("dino_teacher_init_share")
     if share is not None:
         print(f"\nDINO stage: its teacher (the backbone DINO + fine-tune starts from) is still {100 * share:.0f} % "

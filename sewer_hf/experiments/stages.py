@@ -32,12 +32,14 @@ def process_state() -> PartialState:
 
 class Stages:
     """``run(name, fn)`` calls ``fn`` once: a finished stage's ``stage.json`` is read back
-    instead. ``seconds`` holds each stage's time (a reused one's from its record)."""
+    instead. ``seconds`` holds each stage's time (a reused one's from its record), ``reused``
+    the names of the stages read back."""
 
     def __init__(self, out: Path, label: str, total_cost: float = 0.0) -> None:
         self.out, self.label, self.total = Path(out), label, total_cost
         self.done_cost, self.spent = 0.0, 0.0
         self.seconds: dict[str, float] = {}
+        self.reused: list[str] = []
         self.state = process_state()
         self.start = time.perf_counter()
 
@@ -54,6 +56,7 @@ class Stages:
                     f"asks for {config_hash}; remove {marker.parent} to redo it, or use another --out")
             self.state.print(f"[{self.label}] {name}: reusing the finished run ({marker})")
             self.seconds[name] = done.get("seconds", 0.0)
+            self.reused.append(name)
             return done
         self.state.print(f"[{self.label}] {name} ...", flush=True)
         began = time.perf_counter()
