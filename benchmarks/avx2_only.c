@@ -11,10 +11,8 @@
 #include <cpuid.h>
 #include <string.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <dlfcn.h>
 
-#define ARCH_GET_CPUID 0x1011
 #define ARCH_SET_CPUID 0x1012
 
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);

@@ -129,10 +129,10 @@ def _scan_account(clip, classifier, batch: int) -> dict[str, float]:
     torch.set_num_threads(1)
     try:
         container, stream, info = open_footage(clip)
+        t0 = time.thread_time()
         with container:
-            frames = staged("decoding", lambda _: [f for _, f in sample_frames(container, stream, info, 2.0, DecodeStats())],
-                            [None])[0]
-        account["decoding"] /= len(frames)
+            frames = [f for _, f in sample_frames(container, stream, info, 2.0, DecodeStats())]
+        account["decoding"] = 1000 * (time.thread_time() - t0) / len(frames)
         staged("thumbnail", _thumbnail_jpeg, frames)
         arrays = staged("resize", classifier.preprocess, staged("RGB conversion", lambda f: f.to_ndarray(format="rgb24"), frames))
         batches = [arrays[i:i + batch] for i in range(0, len(arrays), batch)]

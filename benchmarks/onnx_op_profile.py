@@ -44,15 +44,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as sewer_hf's sessions
+    from sewer_hf.inference.onnx import onnx_session
+
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(_benchmark_int8_model(Path(tmp)))
-        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        model = Path(args.model) if args.model else _benchmark_int8_model(Path(tmp))
+        session = onnx_session(model, args.threads, profile_prefix=str(Path(tmp) / "profile"))  # as predict/scan run it
         first = session.get_inputs()[0]
         size = [d if isinstance(d, int) else args.batch for d in first.shape]
         x = np.random.default_rng(0).standard_normal(size, dtype=np.float32)

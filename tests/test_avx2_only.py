@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sewer_hf.feed.machine import cpu_flags
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "avx2_only.sh"
 PROBE = """
 import json, numpy, torch
@@ -18,19 +20,12 @@ print(json.dumps({"features": cpu_features(), "bf16": native_bf16(), "torch": to
 """
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        return {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-    except OSError:
-        return set()
-
-
-@pytest.mark.skipif("cpuid_fault" not in _cpu_flags() or not hasattr(os, "geteuid") or os.geteuid() != 0,
+@pytest.mark.skipif("cpuid_fault" not in cpu_flags() or not hasattr(os, "geteuid") or os.geteuid() != 0,
                     reason="needs Linux CPUID faulting (cpuid_fault) and root, as the script says")
 def test_a_command_run_through_it_sees_avx2_and_fma_only(tmp_path):
     import json
 
-    before = _cpu_flags()
+    before = cpu_flags()
     env = dict(os.environ, TMPDIR=str(tmp_path))  # builds the library afresh
     out = subprocess.run([str(SCRIPT), sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -39,7 +34,7 @@ def test_a_command_run_through_it_sees_avx2_and_fma_only(tmp_path):
     assert seen["torch"] == "AVX2"
     assert "AVX2" in seen["numpy"] and "FMA3" in seen["numpy"]
     assert not [k for k in seen["numpy"] if k.startswith("AVX512")]
-    assert _cpu_flags() == before  # the masked /proc/cpuinfo stayed in the command's own mount namespace
+    assert cpu_flags() == before  # the masked /proc/cpuinfo stayed in the command's own mount namespace
 
 
 def test_it_refuses_to_run_without_a_command():

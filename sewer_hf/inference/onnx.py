@@ -111,7 +111,9 @@ def onnx_max_abs_diff(model, onnx_path: str | Path, batch: int = 3, seed: int = 
     return float(abs(got - expected).max())
 
 
-def onnx_session(path: Path, threads: Optional[int]):
+def onnx_session(path: Path, threads: Optional[int], profile_prefix: Optional[str] = None):
+    """The CPU session ``predict``/``scan`` run (``profile_prefix``: write ONNX Runtime's profile
+    there, as ``benchmarks/onnx_op_profile.py`` does)."""
     ort = require_onnxruntime()
     if not path.is_file():
         raise DataError(f"{path}: no ONNX model; write one with `sewer-hf export-onnx --model <classifier dir>`")
@@ -120,4 +122,6 @@ def onnx_session(path: Path, threads: Optional[int]):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
