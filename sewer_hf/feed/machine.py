@@ -24,12 +24,18 @@ MAX_CUDA_WORKERS = 8
 PROBE_ITEMS = 12
 
 
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, e.g. a container's share)."""
+def available_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity, e.g. a container's share); where that is
+    unknown (not on Linux), all of them."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return set(range(os.cpu_count() or 1))
+
+
+def available_cores() -> int:
+    """How many cores this process may run on (``available_cpus``)."""
+    return max(1, len(available_cpus()))
 
 
 def _cpuinfo(field: str) -> str:
