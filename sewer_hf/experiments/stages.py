@@ -69,7 +69,8 @@ class Stages:
         time, each in a process of its own on its own share of this machine's cores. ``fn`` must
         pickle (a module-level function, or a ``functools.partial`` of one). For independent CPU
         runs whose step does not use every core well: on 2 cores, two 1-thread ViT-T/16 fine-tuning
-        steps at 64 px made 1.4x the images/s of one 2-thread step (README, "Quickstart").
+        steps at 64 px made 1.26x the images/s of one 2-thread step, and two 4-epoch runs ended
+        1.24x sooner side by side (``benchmarks/side_by_side.py``).
         Each process writes its output to ``<out>/<name>.log``; here a bar shows
         ``progress(name)`` = (done, total, note) of each. Fewer cores than jobs, several
         processes (``accelerate launch``), one job or ``enabled`` False (e.g. jobs too short
