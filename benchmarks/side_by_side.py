@@ -34,7 +34,7 @@ from sewer_hf.feed.machine import available_cores, available_cpus, cpu_features
 from sewer_hf.train.finetune import finetune
 
 
-def _bare_rate(threads: int, cpus, steps: int, size: dict, queue) -> None:
+def _bare_rate(threads: int, cpus, steps: int, size: dict) -> float:
     """In a process of its own: the bare fine-tuning step's img/s on ``cpus`` with ``threads``."""
     import os
 
@@ -44,29 +44,21 @@ def _bare_rate(threads: int, cpus, steps: int, size: dict, queue) -> None:
         os.sched_setaffinity(0, cpus)
     torch.set_num_threads(threads)
     cfg = load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), size)
-    queue.put(model_step_rate("finetune", cfg, steps=steps, warmup=3))
+    return model_step_rate("finetune", cfg, steps=steps, warmup=3)
 
 
 def bare_rates(steps: int, size: dict) -> tuple[float, float, list[float]]:
     """(img/s with every core's thread, with 1 thread, [each 1-thread process's img/s when one
-    runs per core])."""
+    runs per core]); each measurement in fresh processes started together."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    ctx = multiprocessing.get_context("spawn")
-    cores = available_cores()
+    def rates(jobs):  # (threads, cpus) per process
+        with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+            return list(pool.map(_bare_rate, *zip(*jobs), [steps] * len(jobs), [size] * len(jobs)))
+
     cpus = sorted(available_cpus())
-
-    def rates(jobs):
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_bare_rate, args=(*job, steps, size, queue)) for job in jobs]
-        for p in procs:
-            p.start()
-        got = [queue.get() for _ in procs]
-        for p in procs:
-            p.join()
-        return got
-
-    return rates([(cores, None)])[0], rates([(1, cpus[:1])])[0], rates([(1, [cpu]) for cpu in cpus])
+    return rates([(len(cpus), None)])[0], rates([(1, cpus[:1])])[0], rates([(1, [cpu]) for cpu in cpus])
 
 
 def both_runs(folder: Path, prepared: Path, epochs: int, side_by_side: bool, size: dict) -> tuple[float, list[float]]:

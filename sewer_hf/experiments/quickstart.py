@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.data import labels as L
@@ -139,7 +137,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = TRAIN_FRAMES,
     steps = max(cfg.epochs for cfg in finetunes.values()) * n_train // finetunes["supervised"].batch_size
     stages.run_side_by_side({name: (functools.partial(finetune, cfg), config_hash(cfg)) for name, cfg in finetunes.items()},
                             progress=lambda name: training_progress(out / name / "metrics.jsonl", finetunes[name].epochs),
-                            enabled=steps >= SIDE_BY_SIDE_MIN_STEPS and not torch.cuda.is_available())
+                            enabled=steps >= SIDE_BY_SIDE_MIN_STEPS)
     evaluation = stages.run("evaluate", lambda: evaluate_stage(out, data))
     pipe = stages.run("pipeline", lambda: pipeline_stage(out, seed))
 

@@ -19,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
@@ -72,15 +73,17 @@ class Stages:
         steps at 64 px made 1.26x the images/s of one 2-thread step, and two 4-epoch runs ended
         1.24x sooner side by side (``benchmarks/side_by_side.py``).
         Each process writes its output to ``<out>/<name>.log``; here a bar shows
-        ``progress(name)`` = (done, total, note) of each. Fewer cores than jobs, several
-        processes (``accelerate launch``), one job or ``enabled`` False (e.g. jobs too short
-        to pay for a process's imports, ~10 s): one stage after the other, as ``run``.
+        ``progress(name)`` = (done, total, note) of each. On a GPU (the runs would share the
+        device), with fewer cores than jobs, several processes (``accelerate launch``), one job or
+        ``enabled`` False (e.g. jobs too short to pay for a process's imports, ~10 s): one stage
+        after the other, as ``run``.
         When a job fails, the others still finish (and are recorded) before its error is raised."""
         results = {name: done for name, (_, config_hash) in jobs.items()
                    if (done := self._finished(name, config_hash)) is not None}
         pending = [name for name in jobs if name not in results]
         cores = sorted(available_cpus())
-        if not enabled or len(pending) < 2 or len(cores) < len(pending) or self.state.num_processes > 1:
+        if (not enabled or len(pending) < 2 or len(cores) < len(pending) or self.state.num_processes > 1
+                or torch.cuda.is_available()):
             for name in pending:
                 results[name] = self.run(name, jobs[name][0], config_hash=jobs[name][1])
             return {name: results[name] for name in jobs}
@@ -173,8 +176,6 @@ def minutes(seconds: float) -> str:
 def _run_pinned(fn: Callable[[], dict[str, Any]], cpus: list[int], log: str, parent: int) -> tuple[dict[str, Any], float]:
     """In a ``run_side_by_side`` process: ``fn()`` on ``cpus`` only (its torch threads, and what
     ``available_cores`` tells the run's plan), all output to ``log``; (its result, its seconds)."""
-    import torch
-
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     os.environ["OMP_NUM_THREADS"] = str(len(cpus))  # the runs' thread plan keeps a set count
