@@ -18,8 +18,9 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/sewer-hf quickstart --out runs/quickstart
 
+# one pytest-xdist worker per core, whole files to a worker, the slow files first (tests/conftest.py)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -n auto --dist loadfile --no-loadscope-reorder
 
 demo: $(STAMP)
 	$(BIN)/python spaces_demo/app.py

@@ -1,6 +1,5 @@
 """DINO loss, centre, schedules, EMA teacher, last-layer freeze, RankMe, KoLeo."""
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -234,14 +233,11 @@ def test_koleo_gradient_spreads_a_bunched_batch():
     assert after.min() > before.min() and after.mean() > before.mean()
 
 
-def test_center_all_reduce_two_processes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_center_all_reduce_two_processes(tmp_path, free_port):
     torch.manual_seed(4)
     steps, world, B, K = 2, 2, 3, 5
     outputs = torch.randn(steps, world, B, K)
-    mp.spawn(_center_worker, args=(world, port, outputs, str(tmp_path / "c")), nprocs=world, join=True)
+    mp.spawn(_center_worker, args=(world, free_port, outputs, str(tmp_path / "c")), nprocs=world, join=True)
     expected = torch.zeros(1, K)
     for step in range(steps):
         expected = 0.9 * expected + 0.1 * outputs[step].reshape(-1, K).mean(0, keepdim=True)

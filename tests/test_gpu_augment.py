@@ -489,6 +489,7 @@ def test_unknown_photometric_dtype_is_a_config_error():
         G.GPUPretrainAugment(photometric_dtype="bfloat16")
 
 
+@pytest.mark.slow  # ~70 s on 2 cores with a cold compile cache (inductor's C++ kernels), ~5 s warm
 def test_compiled_module_matches_eager_for_the_same_draws():
     """torch.compile takes the static-shape path (every op on the whole batch, torch.where keeps
     the selected samples): same draws, same views up to float rounding, which equalize can

@@ -40,14 +40,15 @@ def write_spec(path, spec):
     return load_experiment(path)
 
 
-def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_path):
+@pytest.mark.slow  # ~45 s on 2 cores: a 2-process launch, then 6 tiny runs
+def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_path, free_port):
     # the recipe as `accelerate launch` runs it, on 2 CPU processes: every run of the experiment
     # shares the launch's process group, and each stage is reported once
     out = tmp_path / "exp"
     write_spec(tmp_path / "tiny.yaml", TINY)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--num_machines", "1", "--main_process_port", str(free_port), "--mixed_precision", "no", "--dynamo_backend", "no",
               str(ROOT / "recipes" / "label_efficiency.py"), "--config", str(tmp_path / "tiny.yaml"), "--out", str(out)]
     proc = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -102,7 +102,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tiny_data, tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir()) == ["step_00000002"]
 
 
-def _launch(tiny_data, out, nproc, batch_size, *extra):
+def _launch(tiny_data, out, nproc, batch_size, port, *extra):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     args = [f"--data={tiny_data}", f"--output_dir={out}", "--epochs=1", "--max_steps=3", "--drop_path_rate=0",
             "--knn_eval=false", "--rankme_samples=0", "--save_rank_states=true", f"--batch_size={batch_size}"]
@@ -112,18 +112,18 @@ def _launch(tiny_data, out, nproc, batch_size, *extra):
         launch += ["--multi_gpu", "--num_processes", str(nproc)]
     else:
         launch += ["--num_processes", "1"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(ROOT / "recipes" / "pretrain_dino.py")]
+    launch += ["--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+               "--dynamo_backend", "no", str(ROOT / "recipes" / "pretrain_dino.py")]
     proc = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tiny_data, tmp_path):
+def test_two_processes_match_one_process(tiny_data, tmp_path, free_port):
     # per-image seeded augmentation (the batched one draws per process, so its views depend on
     # the process count): then 2 processes x 4 images train exactly what 1 process x 8 does
-    _launch(tiny_data, tmp_path / "two", 2, 4, "--feed=per_image")
+    _launch(tiny_data, tmp_path / "two", 2, 4, free_port, "--feed=per_image")
     # the one-process reference runs in this process (a third interpreter start buys nothing)
     run(tiny_data, tmp_path / "one", epochs=1, max_steps=3, drop_path_rate=0, knn_eval=False, rankme_samples=0,
         save_rank_states=True, feed="per_image")

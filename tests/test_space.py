@@ -4,7 +4,6 @@ the built folder started where the checkout is not importable, the upload to a f
 the page in a real headless Chromium."""
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -343,20 +342,14 @@ def test_space_folder_has_front_matter_requirements_wheel_and_model(space_folder
     assert meta["models"] == ["sewer-org/sewer-vit-tiny"] and not (hub / "model").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_built_space_starts_without_the_checkout_and_answers(space_folder, tmp_path):
+def test_built_space_starts_without_the_checkout_and_answers(space_folder, tmp_path, free_port):
     """`python app.py` in the built folder, with the checkout off sys.path: no site (so not the
     editable install's .pth), the third-party packages only, cwd outside the repository."""
     import sysconfig
 
     from gradio_client import Client, handle_file
 
-    port = _free_port()
+    port = free_port
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MODEL_ID", "GRADIO"))}
     env.update(PYTHONPATH=sysconfig.get_paths()["purelib"], GRADIO_SERVER_PORT=str(port),
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",

@@ -401,7 +401,7 @@ def _train_footage_model(out_dir, image_size=32, per_group=200, epochs=11, peak_
     return save_classifier(backbone, head, out_dir, image_size=image_size, thresholds=thresholds)
 
 
-@pytest.mark.slow  # about 80 s on an idle 2-core machine (training dominates)
+@pytest.mark.slow  # ~80 s on 2 cores with 2 threads, ~90 s in a make-test worker's 1 (training dominates)
 def test_smoke_trained_model_finds_events_above_chance(tmp_path):
     from sewer_hf.inference.predict import SewerClassifier
     from sewer_hf.synth.footage import read_events, write_footage
