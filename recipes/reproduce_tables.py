@@ -14,17 +14,23 @@ the classifiers have the budget that makes the quickstart's learn. `--budget pap
 paper configs (for a real run launch each stage with `accelerate launch`; this driver runs them
 in-process). Each run's `stage.json` marks it finished: a re-run reuses it, an interrupted one
 resumes from its checkpoint, and one made with another config is an error (never reused).
+On a CPU the runs go side by side (`Stages.run_side_by_side`): an architecture's pretrainings at
+once, then its fine-tunings, a process per core, the longest first, each run's output in
+`<out>/<arch>/<run>.log`; `--one-at-a-time` runs each here with every core.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import sys
 import time
 from pathlib import Path
 
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-from sewer_hf.experiments.quickstart import TRAIN_FRAMES, VAL_FRAMES, dino_config, synthetic_prepared_data
+from sewer_hf.experiments.quickstart import (TRAIN_FRAMES, VAL_FRAMES, dino_config, synthetic_prepared_data,
+                                             training_progress)
 from sewer_hf.experiments.stages import Stages, config_hash
 from sewer_hf.feed.machine import machine_record
 from sewer_hf.metrics import LEARNED_BAR, learned
@@ -107,6 +113,13 @@ def run_cost(cfg: PretrainConfig | FinetuneConfig) -> float:
     return COST[kind] * ARCH_COST.get(cfg.arch, 1.0) * cfg.epochs * share
 
 
+def phases(runs: list[tuple[str, PretrainConfig | FinetuneConfig]]) -> list[list[tuple[str, PretrainConfig | FinetuneConfig]]]:
+    """The grid's runs in groups that may run side by side: each architecture's pretrainings, then
+    its fine-tunings (which read their backbones), each group longest first."""
+    groups = itertools.groupby(runs, key=lambda run: (run[1].arch, isinstance(run[1], PretrainConfig)))
+    return [sorted(group, key=lambda run: -run_cost(run[1])) for _, group in groups]
+
+
 def run_grid(args) -> dict:
     out = Path(args.out)
     results: dict = {"budget": args.budget, "data": args.data or "synthetic", "runs": {}}
@@ -116,9 +129,13 @@ def run_grid(args) -> dict:
     runs = grid_configs(args, data)
     pending = [(name, cfg) for name, cfg in runs if not (out / name / "stage.json").is_file()]
     stages = Stages(out, "tables", sum(run_cost(cfg) for _, cfg in pending))
+    epochs_of = {name: cfg.epochs for name, cfg in runs}
+    for group in phases(runs):  # on a CPU, side by side: a process per core, the next run where one ends
+        jobs = {name: (functools.partial(pretrain if isinstance(cfg, PretrainConfig) else finetune, cfg), config_hash(cfg))
+                for name, cfg in group}
+        stages.run_side_by_side(jobs, progress=lambda name: training_progress(out / name / "metrics.jsonl", epochs_of[name]),
+                                enabled=not args.one_at_a_time, costs={name: run_cost(cfg) for name, cfg in group})
     for name, cfg in runs:
-        train = pretrain if isinstance(cfg, PretrainConfig) else finetune
-        stages.run(name, lambda cfg=cfg, train=train: train(cfg), run_cost(cfg), config_hash(cfg))
         run_dir = out / name
         if isinstance(cfg, PretrainConfig):
             results["runs"][name] = {"rankme": final_rankme(run_dir)}
@@ -130,6 +147,7 @@ def run_grid(args) -> dict:
         if "constant_baseline" in ev:
             results["constant_baseline"] = ev["constant_baseline"]
     results["stage_seconds"] = stages.seconds  # every run's, a reused one's from its record
+    results["side_by_side"] = stages.side_by_side  # the groups that ran at once, and their wall time
     return results
 
 
@@ -189,6 +207,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="override every pretraining's epochs")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="override every fine-tuning's epochs")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="each run in this process with every core (default on a CPU: as many runs at once as "
+                             "cores, each in a process of its own on one share of them)")
     args = parser.parse_args(argv)
     args.archs = args.archs or ARCHS[args.budget]
     unknown = [a for a in args.archs if a not in NAMES]
@@ -206,8 +227,10 @@ def main(argv=None) -> int:
     table = render(results, args.archs)
     out = Path(args.out)
     stages = sum(results["stage_seconds"].values())
-    (out / "tables.md").write_text(table + f"\nStages: {stages:.0f} s (this call: {results['seconds']:.0f} s wall) on "
-                                   f"{machine['cpu_model']}, {machine['cores']} cores ({machine['cpu_features']}).\n")
+    at_once = max((group["at_once"] for group in results["side_by_side"]), default=1)
+    layout = f", up to {at_once} at once" if at_once > 1 else ""
+    (out / "tables.md").write_text(table + f"\nRuns: {stages:.0f} s of training{layout} (this call: {results['seconds']:.0f} s "
+                                   f"wall) on {machine['cpu_model']}, {machine['cores']} cores ({machine['cpu_features']}).\n")
     (out / "tables.json").write_text(json.dumps(results, indent=2))
     print(table)
     print(f"written to {out / 'tables.md'} in {results['seconds']:.0f} s")

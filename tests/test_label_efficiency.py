@@ -4,6 +4,7 @@ overwrite a finished run with another config. Its 2-process launch also carries 
 thread on 2 processes (one launch for both: each costs ~20 s of the suite)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,8 @@ import yaml
 from safetensors.torch import load_file
 
 from sewer_hf.errors import ConfigError
-from sewer_hf.experiments.label_efficiency import ARMS, METRICS, load_experiment, run_experiment
-from sewer_hf.feed.machine import cpu_features
+from sewer_hf.experiments.label_efficiency import ARMS, METRICS, load_experiment, run_experiment, run_name
+from sewer_hf.feed.machine import available_cpus, cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -102,6 +103,21 @@ def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_p
     other_data = {**TINY, "data": {**TINY["data"], "pool": 80}}
     with pytest.raises(ConfigError, match=r"data/stage.json.*remove"):
         run_experiment(write_spec(tmp_path / "other_data.yaml", other_data), out, budget="tiny")
+
+    # here, in one process on 2 CPUs: a new seed's runs go side by side (a process per CPU, the
+    # third waiting for one), beside the finished data and pretraining (copied: reused, not redone)
+    if len(available_cpus()) >= 2:
+        again_out = tmp_path / "side_by_side"
+        again_out.mkdir()
+        for stage in ("data", "pretrain"):
+            shutil.copytree(out / stage, again_out / stage)
+        spec = write_spec(tmp_path / "seed2.yaml", {**TINY, "seeds": [2]})
+        seed2 = run_experiment(spec, again_out, budget="tiny")
+        longest_first = [run_name(a, 0.5, 2) for a in ("dino_finetune", "scratch", "dino_linear")]
+        assert [group["stages"] for group in seed2["side_by_side"]] == [longest_first]
+        assert {r["arm"] for r in seed2["runs"]} == set(ARMS) and len({r["subset_sha256"] for r in seed2["runs"]}) == 1
+        assert all(set(r["test_shipped"]) == set(METRICS) for r in seed2["runs"])
+        assert all((again_out / f"{run_name(a, 0.5, 2)}.log").stat().st_size > 0 for a in ARMS)
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -55,6 +55,18 @@ def test_smoke_grid_runs_the_quickstart_recipe(tables, tmp_path):
     assert {cfg.data for cfg in runs.values()} == {str(tmp_path / "data")}
 
 
+def test_grid_phases_keep_pretraining_before_the_fine_tunings_that_read_it(tables, tmp_path):
+    """What may run side by side: an architecture's pretrainings, then its fine-tunings, longest first."""
+    runs = tables.grid_configs(tables.parse_args(["--out", str(tmp_path), "--archs", "vit_tiny,vit_small"]), None)
+    groups = [[name for name, _ in group] for group in tables.phases(runs)]
+    assert [len(group) for group in groups] == [2, 8, 2, 8]
+    for arch, (pretraining, fine_tuning) in zip(("vit_tiny", "vit_small"), (groups[:2], groups[2:])):
+        assert pretraining == [f"{arch}/dino", f"{arch}/dino_hybrid"]
+        assert fine_tuning[:3] == [f"{arch}/ssl_ft_100", f"{arch}/supervised_100", f"{arch}/hybrid_ft"]
+        assert fine_tuning[-2:] == [f"{arch}/ssl_ft_10", f"{arch}/supervised_10"]
+    assert sorted(name for group in groups for name in group) == sorted(name for name, _ in runs)
+
+
 def test_paper_grid_keeps_the_paper_configs(tables, tmp_path):
     runs = planned(tables, tmp_path, "--budget", "paper")
     assert len(runs) == 20  # both architectures by default
@@ -96,7 +108,7 @@ def test_grid_reuses_finished_runs_refuses_changed_ones_and_marks_what_did_not_l
     monkeypatch.setattr(tables, "pretrain", pretrain)
     monkeypatch.setattr(tables, "finetune", finetune)
     out = tmp_path / "grid"
-    argv = ["--out", str(out), "--data", str(tmp_path / "data")]
+    argv = ["--out", str(out), "--data", str(tmp_path / "data"), "--one-at-a-time"]  # the fakes live here
 
     assert tables.main(argv) == 0
     assert len(calls) == 10

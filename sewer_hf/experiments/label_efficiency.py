@@ -16,6 +16,7 @@ with another config), and an interrupted training stage resumes from its last ch
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -31,7 +32,7 @@ from sewer_hf.atomic import write_json_atomically
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
-from sewer_hf.experiments.quickstart import prepare_shards, shipped_config
+from sewer_hf.experiments.quickstart import prepare_shards, shipped_config, training_progress
 from sewer_hf.experiments.stages import Stages, config_hash, process_state
 from sewer_hf.feed.machine import available_cores, machine_record
 from sewer_hf.metrics import LEARNED_BAR, constant_baseline, learned, read_annotation_targets
@@ -215,6 +216,21 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
     return results
 
 
+def train_and_score(cfg: FinetuneConfig, data: dict[str, Any], commit: str) -> dict[str, Any]:
+    """One arm's run: fine-tune (or probe), then score the shipped classifier on the test set."""
+    state = process_state()
+    began = time.perf_counter()
+    trained = finetune(cfg)
+    train_seconds = time.perf_counter() - began
+    test = {}
+    if state.is_main_process:
+        folder = Path(cfg.output_dir)
+        test = score_on_test(folder / "classifier", data["test"], data["test_annotations"], folder)
+    state.wait_for_everyone()
+    return {"train_seconds": round(train_seconds, 1), "test": test, "best_epoch": trained.get("best_epoch"),
+            "commit": commit}
+
+
 def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: Stages, data: dict, baseline: dict,
                      plan: list) -> dict[str, Any]:
     """Pretraining, then every (arm, fraction, seed) run scored on the test set; results.json and plots."""
@@ -223,23 +239,20 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
     pre = stages.run("pretrain", lambda: pretrain(pre_cfg), COST["pretrain"] * pre_cfg.epochs * d["pool"],
                      config_hash(pre_cfg))
 
+    configs = {run_name(arm, fraction, seed): arm_config(spec, arm, fraction, seed, data["pool"], pre["backbone"],
+                                                       out / run_name(arm, fraction, seed))
+               for arm, fraction, seed in plan}
+    # on a CPU, side by side (a process per core, the next run where one ends), the longest first
+    order = sorted(configs, key=lambda name: -run_cost(configs[name], d["pool"]))
+    jobs = {name: (functools.partial(train_and_score, configs[name], data, commit), config_hash(configs[name]))
+            for name in order}
+    finished = stages.run_side_by_side(
+        jobs, progress=lambda name: training_progress(out / name / "metrics.jsonl", configs[name].epochs),
+        costs={name: run_cost(cfg, d["pool"]) for name, cfg in configs.items()})
     runs = []
     for arm, fraction, seed in plan:
         name = run_name(arm, fraction, seed)
-        cfg = arm_config(spec, arm, fraction, seed, data["pool"], pre["backbone"], out / name)
-
-        def train_and_score(cfg=cfg, name=name):
-            began = time.perf_counter()
-            trained = finetune(cfg)
-            train_seconds = time.perf_counter() - began
-            test = {}
-            if state.is_main_process:
-                test = score_on_test(out / name / "classifier", data["test"], data["test_annotations"], out / name)
-            state.wait_for_everyone()
-            return {"train_seconds": round(train_seconds, 1), "test": test, "best_epoch": trained.get("best_epoch"),
-                    "commit": commit}
-
-        done = stages.run(name, train_and_score, run_cost(cfg, d["pool"]), config_hash(cfg))
+        done = finished[name]
         n_labelled, digest = subset_digest(out / name)
         runs.append({"arm": arm, "label": ARMS[arm][0], "fraction": fraction, "seed": seed,
                      "labelled_frames": n_labelled, "subset_sha256": digest,
@@ -262,6 +275,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
         "learned_bar": f"at its shipped thresholds, {LEARNED_BAR} (on the test set)",
         "stage_seconds": {"data": data.get("seconds"), "pretrain": pre["seconds"],
                           "runs": round(sum(r["seconds"] for r in runs), 1)},
+        "side_by_side": stages.side_by_side,  # runs at once on a CPU: the sum above counts overlapping time
     }
     if state.is_main_process:
         write_json_atomically(results, out / "results.json", indent=2)

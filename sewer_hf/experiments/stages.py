@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -65,60 +66,76 @@ class Stages:
 
     def run_side_by_side(self, jobs: dict[str, tuple[Callable[[], dict[str, Any]], Optional[str]]],
                          progress: Optional[Callable[[str], tuple[int, int, str]]] = None,
-                         enabled: bool = True) -> dict[str, dict[str, Any]]:
+                         enabled: bool = True, costs: Optional[dict[str, float]] = None) -> dict[str, dict[str, Any]]:
         """``run`` for each of ``jobs`` (name -> (fn, config hash)), the unfinished ones at the same
-        time, each in a process of its own on its own share of this machine's cores. ``fn`` must
-        pickle (a module-level function, or a ``functools.partial`` of one). For independent CPU
-        runs whose step does not use every core well: on 2 cores, two 1-thread ViT-T/16 fine-tuning
-        steps at 64 px made 1.26x the images/s of one 2-thread step, and two 4-epoch runs ended
-        1.24x sooner side by side (``benchmarks/side_by_side.py``).
-        Each process writes its output to ``<out>/<name>.log``; here a bar shows
-        ``progress(name)`` = (done, total, note) of each. On a GPU (the runs would share the
-        device), with fewer cores than jobs, several processes (``accelerate launch``), one job or
-        ``enabled`` False (e.g. jobs too short to pay for a process's imports, ~10 s): one stage
-        after the other, as ``run``.
-        When a job fails, the others still finish (and are recorded) before its error is raised."""
+        time, as many as this machine has cores, each in a process of its own on its own share of
+        them; the rest wait, in ``jobs``' order, for a share to come free (put the longest first).
+        ``fn`` must pickle (a module-level function, or a ``functools.partial`` of one). For
+        independent CPU runs whose step does not use every core well: on 2 cores, two 1-thread
+        ViT-T/16 fine-tuning steps at 64 px made 1.26x the images/s of one 2-thread step, and two
+        4-epoch runs ended 1.24x sooner side by side (``benchmarks/side_by_side.py``).
+        Each job writes its output to ``<out>/<name>.log``; here a bar shows ``progress(name)`` =
+        (done, total, note) of each; ``costs`` (name -> share of the work) weigh the ETA, as
+        ``run``'s ``cost``. On a GPU (the runs would share the device), on one core, several
+        processes (``accelerate launch``), one job or ``enabled`` False (e.g. jobs too short to pay
+        for a process's imports, ~10 s): one stage after the other, as ``run``.
+        When a job fails, no waiting one starts; the running ones finish (and are recorded) before
+        its error is raised."""
+        costs = costs or {}
         results = {name: done for name, (_, config_hash) in jobs.items()
                    if (done := self._finished(name, config_hash)) is not None}
         pending = [name for name in jobs if name not in results]
         cores = sorted(available_cpus())
-        if (not enabled or len(pending) < 2 or len(cores) < len(pending) or self.state.num_processes > 1
+        if (not enabled or len(pending) < 2 or len(cores) < 2 or self.state.num_processes > 1
                 or torch.cuda.is_available()):
             for name in pending:
-                results[name] = self.run(name, jobs[name][0], config_hash=jobs[name][1])
+                results[name] = self.run(name, jobs[name][0], costs.get(name, 0.0), jobs[name][1])
             return {name: results[name] for name in jobs}
-        share = len(cores) // len(pending)
+        slots = min(len(pending), len(cores))
+        share = len(cores) // slots
+        free = [cores[i * share:(i + 1) * share] for i in range(slots)]
         for name in pending:  # the stages keep the jobs' order in ``seconds``, whichever ends first
             self.seconds[name] = 0.0
         logs = {name: self.out / f"{name}.log" for name in pending}  # beside the run: its output_dir stays its own
-        self.state.print(f"[{self.label}] {' + '.join(pending)} ... side by side, {share} core(s) each; "
-                         f"their output: {', '.join(str(log) for log in logs.values())}", flush=True)
+        self.state.print(f"[{self.label}] {' + '.join(pending)} ... side by side, {slots} at a time on "
+                         f"{share} core(s) each; their output: {self.out}/<name>.log", flush=True)
         began = time.perf_counter()
+        waiting, running = list(pending), {}
+        accounted = 0.0  # the ETA's time is wall time: side by side, the jobs' own seconds overlap
         errors: dict[str, BaseException] = {}
-        with concurrent.futures.ProcessPoolExecutor(len(pending), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_pinned, jobs[name][0], cores[i * share:(i + 1) * share], str(logs[name]),
-                                   os.getpid()): name for i, name in enumerate(pending)}
+        with concurrent.futures.ProcessPoolExecutor(slots, mp_context=multiprocessing.get_context("spawn")) as pool:
             bar = _SideBySideBar(pending, progress, enabled=self.state.is_main_process)
-            waiting = set(futures)
-            while waiting:
-                done, waiting = concurrent.futures.wait(waiting, timeout=2.0)
-                bar.refresh()
+            while waiting or running:
+                while waiting and free and not errors:
+                    name, cpus = waiting.pop(0), free.pop(0)
+                    running[pool.submit(_run_pinned, jobs[name][0], cpus, str(logs[name]), os.getpid())] = (name, cpus)
+                    with bar.cleared():
+                        self.state.print(f"[{self.label}] {name} ... on CPU {','.join(map(str, cpus))}; "
+                                         f"its output: {logs[name]}", flush=True)
+                if not running:
+                    break  # a job failed: the waiting ones stay unstarted
+                done, _ = concurrent.futures.wait(running, timeout=2.0)
+                bar.refresh([name for name, _ in running.values()], len(waiting))
                 for future in done:
-                    name = futures[future]
+                    name, cpus = running.pop(future)
+                    free.append(cpus)
                     with bar.cleared():
                         try:
                             result, seconds = future.result()
-                        except BaseException as exc:  # noqa: BLE001 - raised once the others finish
+                        except BaseException as exc:  # noqa: BLE001 - raised once the running ones finish
                             errors[name] = exc
                             self.state.print(f"[{self.label}] {name}: failed ({type(exc).__name__}: {exc}); "
                                              f"its output: {logs[name]}", flush=True)
                             continue
-                        results[name] = self._record(name, result, seconds, 0.0, jobs[name][1])
+                        wall = time.perf_counter() - began
+                        results[name] = self._record(name, result, seconds, costs.get(name, 0.0), jobs[name][1],
+                                                     spent=wall - accounted)
+                        accounted = wall
             bar.close()
         if errors:
             name, exc = next(iter(errors.items()))
             raise RuntimeError(f"stage {name} failed; its output: {logs[name]}") from exc
-        self.side_by_side.append({"stages": pending, "seconds": round(time.perf_counter() - began, 1)})
+        self.side_by_side.append({"stages": pending, "at_once": slots, "seconds": round(time.perf_counter() - began, 1)})
         return {name: results[name] for name in jobs}
 
     def _finished(self, name: str, config_hash: str | None) -> Optional[dict[str, Any]]:
@@ -137,8 +154,9 @@ class Stages:
         return done
 
     def _record(self, name: str, result: dict[str, Any], seconds: float, cost: float,
-                config_hash: str | None) -> dict[str, Any]:
-        """Write stage ``name``'s ``stage.json`` (main process) and report it done."""
+                config_hash: str | None, spent: Optional[float] = None) -> dict[str, Any]:
+        """Write stage ``name``'s ``stage.json`` (main process) and report it done; ``spent``: the
+        time it adds to the ETA's (its ``seconds`` when it ran alone)."""
         marker = self.out / name / "stage.json"
         result["seconds"] = round(seconds, 1)
         if config_hash:
@@ -150,7 +168,7 @@ class Stages:
         result = json.loads(marker.read_text())  # every process: what the main process recorded
         self.seconds[name] = result["seconds"]
         self.done_cost += cost
-        self.spent += result["seconds"]
+        self.spent += result["seconds"] if spent is None else spent
         progress = ""
         if self.total:
             left = max(self.total - self.done_cost, 0.0)
@@ -174,8 +192,9 @@ def minutes(seconds: float) -> str:
 
 
 def _run_pinned(fn: Callable[[], dict[str, Any]], cpus: list[int], log: str, parent: int) -> tuple[dict[str, Any], float]:
-    """In a ``run_side_by_side`` process: ``fn()`` on ``cpus`` only (its torch threads, and what
-    ``available_cores`` tells the run's plan), all output to ``log``; (its result, its seconds)."""
+    """In a ``run_side_by_side`` process (one may run several jobs in turn): ``fn()`` on ``cpus``
+    only (its torch threads, and what ``available_cores`` tells the run's plan), all output to
+    ``log``; (its result, its seconds)."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     os.environ["OMP_NUM_THREADS"] = str(len(cpus))  # the runs' thread plan keeps a set count
@@ -184,35 +203,48 @@ def _run_pinned(fn: Callable[[], dict[str, Any]], cpus: list[int], log: str, par
     with open(log, "a", buffering=1) as fh:  # the C level too (warnings, tqdm, prints)
         os.dup2(fh.fileno(), 1)
         os.dup2(fh.fileno(), 2)
-
-    def orphaned() -> None:  # the parent was killed: stop instead of training on unseen
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=orphaned, daemon=True).start()
+    _watch_parent(parent)
     began = time.perf_counter()
     result = fn() or {}
     return result, time.perf_counter() - began
 
 
+@functools.lru_cache(maxsize=None)  # one watchdog per process
+def _watch_parent(parent: int) -> None:
+    """Exit this process when ``parent`` dies (it was killed): stop instead of training unseen."""
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+
 class _SideBySideBar:
-    """The main process's view of side-by-side stages: one bar over their ``progress`` units."""
+    """The main process's view of side-by-side stages: one bar over their ``progress`` units, the
+    running ones' notes, how many wait."""
 
     def __init__(self, names: list[str], progress, enabled: bool) -> None:
         self.names, self.progress, self.bar = names, progress, None
+        self.running: list[str] = []
+        self.waiting = 0
         if progress is not None and enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=0, desc=" + ".join(names), unit="epoch", dynamic_ncols=True)
+            desc = " + ".join(names) if len(names) <= 2 else f"{len(names)} stages"
+            self.bar = tqdm(total=0, desc=desc, unit="epoch", dynamic_ncols=True)
 
-    def refresh(self) -> None:
+    def refresh(self, running: Optional[list[str]] = None, waiting: Optional[int] = None) -> None:
+        self.running = self.running if running is None else running
+        self.waiting = self.waiting if waiting is None else waiting
         if self.bar is None:
             return
         states = {name: self.progress(name) for name in self.names}
         self.bar.total = sum(total for _, total, _ in states.values())
         self.bar.n = sum(done for done, _, _ in states.values())
-        self.bar.set_postfix_str(", ".join(f"{name} {note}" for name, (_, _, note) in states.items()), refresh=False)
+        notes = [f"{name} {states[name][2]}" for name in self.running] + ([f"{self.waiting} waiting"] if self.waiting else [])
+        self.bar.set_postfix_str(", ".join(notes), refresh=False)
         self.bar.refresh()
 
     @contextlib.contextmanager
