@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from sewer_hf.config import FinetuneConfig
+from sewer_hf.feed import machine
 from sewer_hf.feed.machine import MAIN_PROCESS_READ_MS, plan_for_machine, read_cost_ms
+
+REAL_AVAILABLE_CORES = machine.available_cores
 
 
 class Frames(torch.utils.data.Dataset):
@@ -63,3 +66,22 @@ def test_gpu_runs_leave_threads_alone_and_take_workers_from_the_cores():
     cuda = SimpleNamespace(device=torch.device("cuda"), num_processes=1)
     plan = plan_for_machine(FinetuneConfig(), cuda, Frames(5.0))
     assert plan.threads is None and plan.workers == 3 and plan.read_ms is None
+
+
+def test_a_container_cpu_limit_caps_the_cores(tmp_path, monkeypatch):
+    """A container limited to N CPUs' time (cgroup v2 cpu.max, or v1's CFS quota) still sees every
+    host CPU: threads and side-by-side runs are planned for the limit, never for the host."""
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "cfs_quota_us", tmp_path / "cfs_period_us"
+    monkeypatch.setattr(machine, "CGROUP_V2_CPU_MAX", str(v2))
+    monkeypatch.setattr(machine, "CGROUP_V1_CPU_QUOTA", (str(quota), str(period)))
+    monkeypatch.setattr(machine, "available_cpus", lambda: set(range(16)))
+    cores = REAL_AVAILABLE_CORES  # the autouse fixture stands in a fixed count for the other tests
+    assert machine.cpu_quota() is None and cores() == 16  # no cgroup files: the CPUs it may run on
+    for text, limit, expected in (("max 100000\n", None, 16), ("200000 100000\n", 2.0, 2), ("50000 100000\n", 0.5, 1)):
+        v2.write_text(text)
+        assert machine.cpu_quota() == limit and cores() == expected, text
+    v2.unlink()
+    period.write_text("100000\n")
+    for text, limit, expected in (("-1\n", None, 16), ("350000\n", 3.5, 3)):
+        quota.write_text(text)
+        assert machine.cpu_quota() == limit and cores() == expected, text

@@ -26,7 +26,7 @@ from accelerate.utils import parse_flag_from_env
 
 from sewer_hf.atomic import write_json_atomically
 from sewer_hf.errors import ConfigError
-from sewer_hf.feed.machine import available_cpus
+from sewer_hf.feed.machine import available_cores, available_cpus
 
 RUN_KEYS_NOT_HASHED = ("output_dir", "resume_from_checkpoint", "report_to", "overwrite_output_dir", "data")
 
@@ -85,7 +85,7 @@ class Stages:
         results = {name: done for name, (_, config_hash) in jobs.items()
                    if (done := self._finished(name, config_hash)) is not None}
         pending = [name for name in jobs if name not in results]
-        cores = sorted(available_cpus())
+        cores = sorted(available_cpus())[:available_cores()]  # a container's CPU limit counts too
         if (not enabled or len(pending) < 2 or len(cores) < 2 or self.state.num_processes > 1
                 or torch.cuda.is_available()):
             for name in pending:

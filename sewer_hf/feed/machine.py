@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -33,9 +34,34 @@ def available_cpus() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
+# a container's CPU time limit (Docker --cpus, Kubernetes limits, a Space's vCPUs): cgroup v2, then v1
+CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP_V1_CPU_QUOTA = ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def cpu_quota() -> Optional[float]:
+    """The CPUs' worth of time this container may use per second (its cgroup's CPU limit), None
+    without a limit. Such a container still sees every host CPU in ``available_cpus``."""
+    try:
+        quota, period = Path(CGROUP_V2_CPU_MAX).read_text().split()[:2]  # "<quota> <period>" or "max <period>"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota, period = (int(Path(path).read_text()) for path in CGROUP_V1_CPU_QUOTA)  # quota -1: no limit
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
 def available_cores() -> int:
-    """How many cores this process may run on (``available_cpus``)."""
-    return max(1, len(available_cpus()))
+    """How many cores this process may keep busy: the CPUs it may run on (``available_cpus``), at
+    most its container's CPU limit (``cpu_quota``, rounded down: threads beyond it are throttled)."""
+    cores = len(available_cpus())
+    quota = cpu_quota()
+    if quota is not None:
+        cores = min(cores, int(quota))
+    return max(1, cores)
 
 
 def _cpuinfo(field: str) -> str:

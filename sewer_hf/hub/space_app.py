@@ -192,7 +192,10 @@ class ModelLane:
         if (model_id.startswith((".", "/")) or local.exists()) and not (local / "config.json").is_file():
             raise SewerHFError(f"model {model_id!r}: no classifier folder there (config.json missing); run "
                                "`make quickstart` or set MODEL_ID to a Hub id or a classifier folder")
-        threads = threads or int(os.environ.get("SPACE_THREADS", 0)) or (os.cpu_count() or 1)
+        from sewer_hf.feed.machine import available_cores
+
+        # the Space's vCPUs are a cgroup limit: os.cpu_count() would count the host's cores
+        threads = threads or int(os.environ.get("SPACE_THREADS", 0)) or available_cores()
         torch.set_num_threads(threads)
         precision = os.environ.get("SPACE_PRECISION", "auto")
         self.classifier = SewerClassifier(model_id, device="cpu", threads=threads,
