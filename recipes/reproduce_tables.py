@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
-from sewer_hf.experiments.quickstart import (TRAIN_FRAMES, VAL_FRAMES, dino_config, synthetic_prepared_data,
-                                             training_progress)
+from sewer_hf.experiments.quickstart import TRAIN_FRAMES, VAL_FRAMES, dino_config, synthetic_prepared_data
 from sewer_hf.experiments.stages import Stages, config_hash
 from sewer_hf.feed.machine import machine_record
 from sewer_hf.metrics import LEARNED_BAR, learned
 from sewer_hf.train.finetune import finetune
 from sewer_hf.train.pretrain import pretrain
+from sewer_hf.train.run import training_progress
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -129,11 +129,11 @@ def run_grid(args) -> dict:
     runs = grid_configs(args, data)
     pending = [(name, cfg) for name, cfg in runs if not (out / name / "stage.json").is_file()]
     stages = Stages(out, "tables", sum(run_cost(cfg) for _, cfg in pending))
-    epochs_of = {name: cfg.epochs for name, cfg in runs}
+    cfgs = dict(runs)
     for group in phases(runs):  # on a CPU, side by side: a process per core, the next run where one ends
         jobs = {name: (functools.partial(pretrain if isinstance(cfg, PretrainConfig) else finetune, cfg), config_hash(cfg))
                 for name, cfg in group}
-        stages.run_side_by_side(jobs, progress=lambda name: training_progress(out / name / "metrics.jsonl", epochs_of[name]),
+        stages.run_side_by_side(jobs, progress=lambda name: training_progress(out / name, cfgs[name].epochs),
                                 enabled=not args.one_at_a_time, costs={name: run_cost(cfg) for name, cfg in group})
     for name, cfg in runs:
         run_dir = out / name

@@ -32,14 +32,14 @@ from sewer_hf.atomic import write_json_atomically
 from sewer_hf.cli import main as cli
 from sewer_hf.config import FinetuneConfig, PretrainConfig, load_config
 from sewer_hf.errors import ConfigError
-from sewer_hf.experiments.quickstart import prepare_shards, shipped_config, training_progress
+from sewer_hf.experiments.quickstart import prepare_shards, shipped_config
 from sewer_hf.experiments.stages import Stages, config_hash, process_state
 from sewer_hf.feed.machine import available_cores, machine_record
 from sewer_hf.metrics import LEARNED_BAR, constant_baseline, learned, read_annotation_targets
 from sewer_hf.synth import generate_dataset
 from sewer_hf.train.finetune import finetune
 from sewer_hf.train.pretrain import pretrain
-from sewer_hf.train.run import runs_share_the_launch
+from sewer_hf.train.run import runs_share_the_launch, training_progress
 
 ARMS = {  # name -> (label, uses the DINO backbone, linear probe)
     "dino_finetune": ("DINO + fine-tune", True, False),
@@ -239,19 +239,17 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
     pre = stages.run("pretrain", lambda: pretrain(pre_cfg), COST["pretrain"] * pre_cfg.epochs * d["pool"],
                      config_hash(pre_cfg))
 
-    configs = {run_name(arm, fraction, seed): arm_config(spec, arm, fraction, seed, data["pool"], pre["backbone"],
-                                                       out / run_name(arm, fraction, seed))
-               for arm, fraction, seed in plan}
+    names = {(arm, fraction, seed): run_name(arm, fraction, seed) for arm, fraction, seed in plan}
+    configs = {name: arm_config(spec, *run, data["pool"], pre["backbone"], out / name) for run, name in names.items()}
     # on a CPU, side by side (a process per core, the next run where one ends), the longest first
     order = sorted(configs, key=lambda name: -run_cost(configs[name], d["pool"]))
     jobs = {name: (functools.partial(train_and_score, configs[name], data, commit), config_hash(configs[name]))
             for name in order}
     finished = stages.run_side_by_side(
-        jobs, progress=lambda name: training_progress(out / name / "metrics.jsonl", configs[name].epochs),
+        jobs, progress=lambda name: training_progress(out / name, configs[name].epochs),
         costs={name: run_cost(cfg, d["pool"]) for name, cfg in configs.items()})
     runs = []
-    for arm, fraction, seed in plan:
-        name = run_name(arm, fraction, seed)
+    for (arm, fraction, seed), name in names.items():
         done = finished[name]
         n_labelled, digest = subset_digest(out / name)
         runs.append({"arm": arm, "label": ARMS[arm][0], "fraction": fraction, "seed": seed,

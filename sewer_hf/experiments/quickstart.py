@@ -29,6 +29,7 @@ from sewer_hf.synth import generate_dataset, render_frame
 from sewer_hf.synth.footage import FOOTAGE_CLASSES
 from sewer_hf.train.finetune import finetune
 from sewer_hf.train.pretrain import pretrain
+from sewer_hf.train.run import training_progress
 
 # More defect frames than Sewer-ML's 47 %, so that the val frames hold positives of most classes.
 DEFECT_FRACTION = 0.6
@@ -136,7 +137,7 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = TRAIN_FRAMES,
         finetunes[name] = load_config(FinetuneConfig, shipped_config("smoke_finetune.yaml"), over)
     steps = max(cfg.epochs for cfg in finetunes.values()) * n_train // finetunes["supervised"].batch_size
     stages.run_side_by_side({name: (functools.partial(finetune, cfg), config_hash(cfg)) for name, cfg in finetunes.items()},
-                            progress=lambda name: training_progress(out / name / "metrics.jsonl", finetunes[name].epochs),
+                            progress=lambda name: training_progress(out / name, finetunes[name].epochs),
                             enabled=steps >= SIDE_BY_SIDE_MIN_STEPS)
     evaluation = stages.run("evaluate", lambda: evaluate_stage(out, data))
     pipe = stages.run("pipeline", lambda: pipeline_stage(out, seed))
@@ -164,18 +165,6 @@ def quickstart(out: str | Path = "runs/quickstart", n_train: int = TRAIN_FRAMES,
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
-
-
-def training_progress(metrics: Path, epochs: int) -> tuple[int, int, str]:
-    """(epochs done, epochs, "step N") of a training run from its ``metrics.jsonl`` (log_every 1):
-    its last record's epoch counter is the epochs finished."""
-    try:
-        with open(metrics, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, 2) - 4096))
-            last = json.loads(fh.read().splitlines()[-1])
-    except (OSError, IndexError, ValueError):  # not started yet, or a line half-written
-        return 0, epochs, "starting"
-    return min(int(last.get("epoch", 0)), epochs), epochs, f"step {last.get('step', 0)}"
 
 
 def evaluate_stage(out: Path, data: Path) -> dict[str, Any]:
@@ -247,15 +236,14 @@ def print_summary(summary: dict[str, Any]) -> None:
         failed = [k for k, ok in passed.items() if not ok]
         print(f"{label}: {verdict}" + (f" (short on {', '.join(failed)})" if failed else ""))
     print("\n| stage | seconds |\n| --- | --- |")
-    together = {name: group for group in summary.get("side_by_side", []) for name in group["stages"]}
+    groups = summary.get("side_by_side", [])
+    together = {name: group for group in groups for name in group["stages"]}
     for stage, sec in summary["stage_seconds"].items():
-        group = together.get(stage)
-        others = [name for name in group["stages"] if name != stage] if group else []
+        others = [name for name in together[stage]["stages"] if name != stage] if stage in together else []
         print(f"| {stage} | {sec:.0f}" + (f" (side by side with {', '.join(others)})" if others else "") + " |")
     # stages run side by side count once, by their wall time
-    stages_total = sum(summary["stage_seconds"].values()) - sum(
-        sum(summary["stage_seconds"][name] for name in group["stages"]) - group["seconds"]
-        for group in summary.get("side_by_side", []))
+    stages_total = (sum(sec for stage, sec in summary["stage_seconds"].items() if stage not in together)
+                    + sum(group["seconds"] for group in groups))
     print(f"| total | {stages_total:.0f} |")
     if summary.get("reused_stages"):  # a re-run reads the finished stages back
         print(f"(this call took {summary['total_seconds']:.0f} s: the finished stages were reused: "

@@ -274,13 +274,16 @@ class CheckpointManager:
         return final
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 class MetricsLog:
     """Append-only `<output_dir>/metrics.jsonl` (main process); a resumed run drops the lines
     written after its checkpoint so the log reads as one uninterrupted run."""
 
     def __init__(self, accelerator, output_dir: str | Path) -> None:
         self.accelerator = accelerator
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / METRICS_FILE
 
     def truncate_after(self, step: int) -> None:
         if not self.accelerator.is_main_process or not self.path.exists():
@@ -296,6 +299,18 @@ class MetricsLog:
                 fh.write(json.dumps(clean) + "\n")
         self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
                              step=record.get("step"))
+
+
+def training_progress(output_dir: str | Path, epochs: int) -> tuple[int, int, str]:
+    """(epochs done, epochs, "step N") of a run, possibly in another process, from the tail of its
+    ``metrics.jsonl`` (log_every 1): its last record's epoch counter is the epochs finished."""
+    try:
+        with open(Path(output_dir) / METRICS_FILE, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - 4096))
+            last = json.loads(fh.read().splitlines()[-1])
+    except (OSError, IndexError, ValueError):  # not started yet, or a line half-written
+        return 0, epochs, "starting"
+    return min(int(last.get("epoch", 0)), epochs), epochs, f"step {last.get('step', 0)}"
 
 
 def check_finite(accelerator, loss: torch.Tensor, step: int, ckpt: CheckpointManager) -> None:
