@@ -85,3 +85,16 @@ def test_a_container_cpu_limit_caps_the_cores(tmp_path, monkeypatch):
     for text, limit, expected in (("-1\n", None, 16), ("350000\n", 3.5, 3)):
         quota.write_text(text)
         assert machine.cpu_quota() == limit and cores() == expected, text
+
+
+def test_data_commands_size_their_processes_by_the_allowed_cores_without_torch():
+    """`check-data` / `prepare` decode in processes sized by the cores this process may use (here
+    its affinity cut to one CPU), not by the host's count, and still import no torch."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
+            "from sewer_hf.data.check import DEFAULT_CHECK_WORKERS; import sewer_hf.data.prepare; "
+            "print(DEFAULT_CHECK_WORKERS, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "False"]

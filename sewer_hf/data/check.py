@@ -7,6 +7,7 @@ import os
 from sewer_hf.data.annotations import normalize_split
 from sewer_hf.data.decode import decode_rgb_or_error, describe_image
 from sewer_hf.data.loading import load_sewer_ml_with_missing
+from sewer_hf.feed.machine import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +16,8 @@ logger = logging.getLogger(__name__)
 # sewer-hf check-data
 # ----------------------------------------------------------------------------------------
 
-DEFAULT_CHECK_WORKERS = min(8, os.cpu_count() or 1)
+# the cores this process may use (its affinity and its container's CPU limit), not the host's
+DEFAULT_CHECK_WORKERS = min(8, available_cores())
 
 
 def add_check_data_arguments(parser) -> None:

@@ -6,6 +6,9 @@ cores. Workers that decode large frames earn their cores; workers that decode sm
 frames (a 64-px PNG takes ~0.2 ms) mostly take cores away from the model step, whose OpenMP
 threads then wait for each other. So the cost of reading one frame is measured here, on this
 machine, before the loader is built, and the split of cores follows from it.
+
+The core count and CPU features need no torch (imported only where threads are set), so the
+torch-free data commands (``check-data``, ``prepare``) size their decoding processes here too.
 """
 from __future__ import annotations
 
@@ -15,8 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
-
-import torch
 
 # Reading a frame in the main process costs this much or less: no worker processes. A CPU
 # ViT-T/16 step at 64 px takes ~10 ms per image on 2 cores, so this is <= ~15 % of the step.
@@ -112,6 +113,8 @@ def local_processes(accelerator) -> int:
 def read_cost_ms(dataset, items: int = PROBE_ITEMS) -> float:
     """Median milliseconds to produce one item of ``dataset`` (decode, resize and, without
     batched augmentation, the per-image augmentation) in this process."""
+    import torch
+
     n = min(len(dataset), items + 2)
     if n == 0:
         return 0.0
@@ -144,6 +147,8 @@ def plan_for_machine(cfg: Any, accelerator, dataset) -> MachinePlan:
     """Loader workers and (on a CPU) torch threads for this run; ``cfg.num_workers`` and
     ``cfg.cpu_threads`` (or OMP_NUM_THREADS) override each choice. Sets torch's thread count on
     a CPU."""
+    import torch
+
     cores = max(1, available_cores() // local_processes(accelerator))
     if accelerator.device.type != "cpu":
         workers = cfg.num_workers if cfg.num_workers is not None else min(MAX_CUDA_WORKERS, max(1, cores - 1))
