@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Every CPU goal of issues #14 and #17, measured in one run on this machine: measured vs goal.
+
+The goals were set on a 2-core x86-64 CPU with AVX2 only; most sessions since ran on other
+2-core machines (AVX-512, AMX), where every library picks faster kernels. On whichever machine
+a session gets, this one command measures them all as a user would, each part in a process of
+its own (its output kept in OUT/<part>.log), and prints one table with the machine next to it:
+
+  tests        the suite as `make test` runs it, torch.compile's cache empty as on a fresh
+               clone: seconds of tests (goal <= 360 on 2 cores)
+  quickstart   `sewer-hf quickstart` into a fresh folder: wall time (goal <= 12 min) and whether
+               both classifiers clear the learned bar at their shipped thresholds
+  training     benchmarks/cpu_training.py: fine-tuning end to end >= 2x the former feed and
+               >= 0.9 of the bare step; DINO pretraining >= 1.5x the former feed
+  inference    benchmarks/inference_cpu.py: files -> scores (default `auto`) >= 2x the stock
+               pipeline; `scan` at 2 fps >= 40 sampled frames/s
+
+    python benchmarks/cpu_goals.py                      # ~35 min on 2 cores, machine otherwise idle
+    python benchmarks/cpu_goals.py --parts training,inference --out runs/cpu_goals
+    benchmarks/avx2_only.sh .venv/bin/python benchmarks/cpu_goals.py   # AVX2 kernels on a bigger CPU
+    python benchmarks/cpu_goals.py --quick              # tiny sizes (make bench): the code path, no verdicts
+
+Exit status 0 when every goal measured was met, 1 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PARTS = ("tests", "quickstart", "training", "inference")
+
+
+def run_part(name: str, command: list[str], out: Path, env: dict | None = None) -> tuple[str, float]:
+    """Run ``command`` from the repository root with its output in OUT/<name>.log; return that
+    output and the wall seconds. A failed command stops the run, naming its log."""
+    log = out / f"{name}.log"
+    print(f"[{name}] {' '.join(command)}  (output: {log})", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.run(command, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}).returncode
+    seconds = time.perf_counter() - t0
+    text = log.read_text(errors="replace")
+    if rc != 0:
+        raise SystemExit(f"[{name}] exited with {rc} after {seconds:.0f} s; see {log}")
+    return text, seconds
+
+
+def found(pattern: str, text: str, name: str) -> re.Match:
+    match = re.findall(pattern, text)
+    if not match:
+        raise SystemExit(f"[{name}] no line matching {pattern!r} in its output")
+    return match[-1]
+
+
+def measure_tests(out: Path, quick: bool) -> list[tuple]:
+    target = ["tests/test_machine.py"] if quick else ["tests", "-n", "auto", "--dist", "loadfile", "--no-loadscope-reorder"]
+    with tempfile.TemporaryDirectory() as cache:  # cold, as on a fresh clone
+        text, _ = run_part("tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *target], out,
+                           {"TORCHINDUCTOR_CACHE_DIR": cache})
+    summary = found(r"\n=*\s*(\d+ passed.*?) in ([\d.]+)s", text, "tests")
+    return [("make test: seconds of tests (cold compile cache)", float(summary[1]), "<=", 360.0, summary[0].strip())]
+
+
+def measure_quickstart(out: Path, quick: bool) -> list[tuple]:
+    folder = out / "quickstart"
+    if folder.exists():
+        raise SystemExit(f"{folder} exists: pass another --out (the quickstart reuses finished stages)")
+    tiny = ["--train", "48", "--val", "48", "--pretrain-epochs", "1", "--finetune-epochs", "1"] if quick else []
+    _, wall = run_part("quickstart", [sys.executable, "-m", "sewer_hf.cli", "quickstart", "--out", str(folder), *tiny], out)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = [("quickstart: wall seconds", wall, "<=", 720.0, "")]
+    for name in ("ssl_finetune", "supervised"):
+        learned = summary[name]["learned"]
+        shipped = summary[name]["shipped"]
+        note = (f"F2_CIW {100 * shipped['F2_CIW']:.2f}, F1_Normal {100 * shipped['F1_Normal']:.2f}, "
+                f"mAP {100 * shipped['mAP']:.2f}; short on: {', '.join(k for k, ok in learned.items() if not ok) or '-'}")
+        rows.append((f"quickstart: {name} clears the learned bar", float(all(learned.values())), ">=", 1.0, note))
+    return rows
+
+
+def measure_training(out: Path, quick: bool) -> list[tuple]:
+    text, _ = run_part("training", [sys.executable, str(HERE / "cpu_training.py"), *(["--quick"] if quick else [])], out)
+    values = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", found(r"finetune_speedup=.*", text, "training"))}
+    return [("fine-tuning end to end vs the former feed (x)", values["finetune_speedup"], ">=", 2.0, ""),
+            ("fine-tuning end to end / bare step", values["finetune_fed"], ">=", 0.9, ""),
+            ("DINO end to end vs the former feed (x)", values["dino_speedup"], ">=", 1.5,
+             f"ceiling (bare step / former feed) {values['dino_ceiling']:.2f}")]
+
+
+def measure_inference(out: Path, quick: bool) -> list[tuple]:
+    text, _ = run_part("inference", [sys.executable, str(HERE / "inference_cpu.py"), *(["--quick"] if quick else [])], out)
+    speedup, rate = found(r"speedup_vs_pipeline=([\d.]+) img_per_s=([\d.]+)", text, "inference")
+    scan = found(r"footage: scan at 2 fps, default \(([^)]*)\): ([\d.]+) sampled frames/s", text, "inference")
+    return [("files -> scores, default, vs stock pipeline (x)", float(speedup), ">=", 2.0, f"{float(rate):.1f} img/s"),
+            ("scan at 2 fps, default: sampled frames/s", float(scan[1]), ">=", 40.0, scan[0])]
+
+
+MEASURE = {"tests": measure_tests, "quickstart": measure_quickstart, "training": measure_training,
+           "inference": measure_inference}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--out", default=None, help="folder for the logs (default: runs/cpu_goals/<date-time>)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code, not the goals")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(unknown)}; expected some of {', '.join(PARTS)}")
+    sys.path.insert(0, str(ROOT))
+    from sewer_hf.feed.machine import machine_record
+
+    out = Path(args.out or ROOT / "runs" / "cpu_goals" / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    machine = machine_record()
+    header = (f"machine: {machine['cpu_model']}, {machine['cores']} cores ({machine['cpu_features']})"
+              f"{', AVX2 proxy (avx2_only.sh)' if os.environ.get('SEWER_HF_AVX2_ONLY') else ''}; "
+              f"{time.strftime('%Y-%m-%d %H:%M')}, load average at start {os.getloadavg()[0]:.2f}")
+    print(header, flush=True)
+    rows = []
+    for part in parts:
+        rows += MEASURE[part](out, args.quick)
+    lines = [header, "", "| goal | measured | target | met | note |", "| --- | --- | --- | --- | --- |"]
+    met_all = True
+    for goal, value, op, target, note in rows:
+        met = value >= target if op == ">=" else value <= target
+        met_all &= met
+        verdict = "-" if args.quick else ("yes" if met else "**no**")
+        lines.append(f"| {goal} | {value:.2f} | {op} {target:g} | {verdict} | {note} |")
+    if args.quick:
+        lines.append("\n--quick: tiny sizes, so no verdicts (the code path only)")
+    (out / "goals.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[1:]))
+    print(f"(also in {out / 'goals.md'})")
+    return 0 if (met_all or args.quick) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
