@@ -422,6 +422,36 @@ def test_torch_dataset_skips_a_corrupt_image(tmp_path):
     assert sum(len(b["index"]) for b in batches) == 19
 
 
+def same_items(got: list, expected: list) -> bool:
+    """Items of SewerTorchDataset equal key by key (tensors and arrays by value; None for None)."""
+    if len(got) != len(expected):
+        return False
+    for a, b in zip(got, expected):
+        if (a is None) != (b is None):
+            return False
+        if a is not None and (a.keys() != b.keys() or not all(
+                np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)):
+            return False
+    return True
+
+
+def test_torch_dataset_reads_a_batch_as_its_items(tmp_path):
+    """The DataLoader's batched read (``__getitems__``: one read of the table) gives exactly the
+    items read one by one, in the sampler's order, corrupt images as None, in every mode."""
+    import sewer_hf.data.torch_dataset as data
+
+    root = make_root(tmp_path, VAL_CSV)
+    rows = read_rows(VAL_CSV)
+    (root / rows[2]["Filename"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")  # skipped when decoded
+    (root / rows[7]["Filename"]).write_bytes(b"")  # skipped in every mode
+    hf = load_sewer_ml(root, "Val")
+    order = [7, 2, 0, 19, 2]
+    for kwargs in ({"transform": to_tensor}, {"encoded": True}, {"transform": to_tensor, "with_labels": False}):
+        ds = data.SewerTorchDataset(hf, **kwargs)
+        got = ds.__getitems__(order)
+        assert got[0] is None and got[2]["index"] == 0 and same_items(got, [ds[i] for i in order]), kwargs
+
+
 def test_torch_dataset_hands_over_encoded_bytes(tmp_path):
     """encoded=True: the file's bytes, undecoded, as a numpy array (kept off the device by
     accelerate); an empty file is skipped like a corrupt one."""

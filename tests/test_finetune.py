@@ -188,6 +188,32 @@ def test_weight_average_forgets_the_init_then_averages_at_its_decay():
     ema.update(model)  # after 1,002 updates the ramp (1 + n) / (10 + n) has reached 0.99
     assert ema.module.weight[0, 0].item() == pytest.approx(before + 0.01 * (2.0 - before))
     assert not ema.module.weight.requires_grad
+    # the parameters are walked once per model: weights swapped under a parameter (a resumed
+    # run's load) and another model object are both followed
+    with torch.no_grad():
+        model.weight.data = torch.full((1, 2), 3.0)
+    before = ema.module.weight[0, 0].item()
+    ema.update(model)
+    assert ema.module.weight[0, 0].item() == pytest.approx(before + 0.01 * (3.0 - before))
+    other = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        other.weight.fill_(-1.0)
+    before = ema.module.weight[0, 0].item()
+    ema.update(other)
+    assert ema.module.weight[0, 0].item() == pytest.approx(before + 0.01 * (-1.0 - before))
+
+
+def test_weight_average_copies_buffers_even_when_reassigned():
+    from sewer_hf.train.optim import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    ema = WeightAverage(model, decay=0.99)
+    model[1].running_mean.fill_(4.0)
+    ema.update(model)
+    assert ema.module[1].running_mean.tolist() == [4.0] * 3
+    model[1].running_mean = torch.full((3,), 5.0)  # a new tensor object under the same buffer
+    ema.update(model)
+    assert ema.module[1].running_mean.tolist() == [5.0] * 3 and int(ema.updates) == 2
 
 
 def test_prior_logits_minimise_the_weighted_loss_among_constants():

@@ -50,20 +50,31 @@ class SewerTorchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         row = self.dataset[int(index)]
+        return self._item(int(index), row["image"], row["labels"] if self.with_labels else None)
+
+    def __getitems__(self, indices) -> list:
+        """A batch's items from one read of the table (the DataLoader calls this when it is
+        there): rows read one at a time cost ~0.06 ms each, a quarter of reading a 64-px frame."""
+        indices = [int(i) for i in indices]
+        rows = self.dataset[indices]
+        labels = rows["labels"] if self.with_labels else [None] * len(indices)
+        return [self._item(i, image, row_labels) for i, image, row_labels in zip(indices, rows["image"], labels)]
+
+    def _item(self, index: int, image: dict, labels):
         if self.encoded:  # the bytes, undecoded: the batch is decoded on the training device
-            data = encoded_bytes(row["image"])
+            data = encoded_bytes(image)
             if data is None:
                 return None
             # a numpy array, not a tensor: accelerate moves the batch's tensors to the device,
             # and the decoders read the bytes on the CPU (nvjpeg included)
-            item = {"encoded": np.frombuffer(bytearray(data), dtype=np.uint8), "index": int(index)}
+            item = {"encoded": np.frombuffer(bytearray(data), dtype=np.uint8), "index": index}
         else:
-            img = decode_rgb(row["image"])
+            img = decode_rgb(image)
             if img is None:
                 return None
-            item = {"pixel_values": self.transform(img) if self.transform else img, "index": int(index)}
+            item = {"pixel_values": self.transform(img) if self.transform else img, "index": index}
         if self.with_labels:
-            item["labels"] = torch.tensor(row["labels"], dtype=torch.float32)
+            item["labels"] = torch.tensor(labels, dtype=torch.float32)
         return item
 
 

@@ -141,13 +141,27 @@ class WeightAverage(torch.nn.Module):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._walked: tuple = ()  # (model, my params, its params, module pairs holding buffers)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         n = float(self.updates)
         decay = min(self.decay, (1 + n) / (10 + n))
-        mine, theirs = list(self.module.parameters()), list(model.parameters())
+        mine, theirs, with_buffers = self._walk(model)
         torch._foreach_lerp_(mine, [p.detach() for p in theirs], 1.0 - decay)
-        for b_mine, b_theirs in zip(self.module.buffers(), model.buffers()):
-            b_mine.copy_(b_theirs)
+        for my_module, their_module in with_buffers:
+            for (_, b_mine), (_, b_theirs) in zip(my_module.named_buffers(recurse=False),
+                                                  their_module.named_buffers(recurse=False)):
+                b_mine.copy_(b_theirs)
+
+    def _walk(self, model: torch.nn.Module) -> tuple[list, list, list]:
+        """Both modules' parameters, and the pairs of submodules that hold buffers, walked once
+        per ``model`` (walking ViT-T's modules at each update took ~0.6 ms of a ~120-ms CPU
+        step). Parameter objects and modules are kept, not tensors, so weights loaded in place
+        or swapped in (``.data``, a reassigned buffer) are read at the next update."""
+        if not self._walked or self._walked[0] is not model:
+            with_buffers = [(mine, theirs) for mine, theirs in zip(self.module.modules(), model.modules())
+                            if next(theirs.buffers(recurse=False), None) is not None]
+            self._walked = (model, list(self.module.parameters()), list(model.parameters()), with_buffers)
+        return self._walked[1:]
