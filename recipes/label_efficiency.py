@@ -23,8 +23,11 @@ if __name__ == "__main__":
     parser.add_argument("--budget", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--config", help="an experiment YAML instead of the budget's")
     parser.add_argument("--out", help="output folder (default: runs/label_efficiency/<budget>)")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="on a CPU, the runs after pretraining one after the other with every core "
+                             "(default: side by side, a process per core)")
     args = parser.parse_args()
     spec = load_experiment(args.config or CONFIGS / f"label_efficiency_{args.budget}.yaml")
     run_experiment(spec, args.out or f"runs/label_efficiency/{args.budget}",
-                   budget="custom" if args.config else args.budget)
+                   budget="custom" if args.config else args.budget, side_by_side=not args.one_at_a_time)
     sys.exit(0)

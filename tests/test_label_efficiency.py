@@ -119,6 +119,12 @@ def test_tiny_experiment_on_two_processes_then_reused_and_refusing_changes(tmp_p
         assert all(set(r["test_shipped"]) == set(METRICS) for r in seed2["runs"])
         assert all((again_out / f"{run_name(a, 0.5, 2)}.log").stat().st_size > 0 for a in ARMS)
 
+        # --one-at-a-time: two more runs beside the same pretraining, one after the other here
+        alone = run_experiment(write_spec(tmp_path / "seed3.yaml", {**TINY, "seeds": [3], "arms": ["dino_linear", "scratch"]}),
+                               again_out, budget="tiny", side_by_side=False)
+        assert alone["side_by_side"] == [] and {r["arm"] for r in alone["runs"]} == {"dino_linear", "scratch"}
+        assert not any((again_out / f"{run_name(a, 0.5, 3)}.log").exists() for a in ("dino_linear", "scratch"))
+
 
 @pytest.mark.parametrize("edit, message", [
     ({"arms": ["dino_finetune", "imagenet"]}, "imagenet"),

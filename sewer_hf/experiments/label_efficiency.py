@@ -179,7 +179,9 @@ def subset_digest(run_dir: Path) -> tuple[int, str]:
     return len(names), hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
-def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom") -> dict[str, Any]:
+def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom", side_by_side: bool = True) -> dict[str, Any]:
+    """The experiment into ``out``; ``side_by_side=False`` runs the runs after pretraining one
+    after the other with every core, as on a shared machine (``--one-at-a-time``)."""
     out = Path(out)
     state = process_state()
     if state.is_main_process:
@@ -211,7 +213,7 @@ def run_experiment(spec: dict[str, Any], out: str | Path, budget: str = "custom"
     baseline = constant_baseline(test_targets)
 
     with runs_share_the_launch():  # one process group for every run of this launch
-        results = train_and_report(spec, out, budget, state, commit, stages, data, baseline, plan)
+        results = train_and_report(spec, out, budget, state, commit, stages, data, baseline, plan, side_by_side)
     state.destroy_process_group()
     return results
 
@@ -232,7 +234,7 @@ def train_and_score(cfg: FinetuneConfig, data: dict[str, Any], commit: str) -> d
 
 
 def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: Stages, data: dict, baseline: dict,
-                     plan: list) -> dict[str, Any]:
+                     plan: list, side_by_side: bool = True) -> dict[str, Any]:
     """Pretraining, then every (arm, fraction, seed) run scored on the test set; results.json and plots."""
     d = spec["data"]
     pre_cfg = pretrain_config(spec, data["pool"], out)
@@ -246,7 +248,7 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
     jobs = {name: (functools.partial(train_and_score, configs[name], data, commit), config_hash(configs[name]))
             for name in order}
     finished = stages.run_side_by_side(
-        jobs, progress=lambda name: training_progress(out / name, configs[name].epochs),
+        jobs, progress=lambda name: training_progress(out / name, configs[name].epochs), enabled=side_by_side,
         costs={name: run_cost(cfg, d["pool"]) for name, cfg in configs.items()})
     runs = []
     for (arm, fraction, seed), name in names.items():
