@@ -243,13 +243,13 @@ def train_and_report(spec, out: Path, budget: str, state, commit: str, stages: S
 
     names = {(arm, fraction, seed): run_name(arm, fraction, seed) for arm, fraction, seed in plan}
     configs = {name: arm_config(spec, *run, data["pool"], pre["backbone"], out / name) for run, name in names.items()}
+    costs = {name: run_cost(cfg, d["pool"]) for name, cfg in configs.items()}
     # on a CPU, side by side (a process per core, the next run where one ends), the longest first
-    order = sorted(configs, key=lambda name: -run_cost(configs[name], d["pool"]))
     jobs = {name: (functools.partial(train_and_score, configs[name], data, commit), config_hash(configs[name]))
-            for name in order}
+            for name in sorted(configs, key=lambda name: -costs[name])}
     finished = stages.run_side_by_side(
         jobs, progress=lambda name: training_progress(out / name, configs[name].epochs), enabled=side_by_side,
-        costs={name: run_cost(cfg, d["pool"]) for name, cfg in configs.items()})
+        costs=costs)
     runs = []
     for (arm, fraction, seed), name in names.items():
         done = finished[name]
