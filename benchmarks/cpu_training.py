@@ -19,8 +19,15 @@ Prints (c)/(b) and (c)/(a), and (a)/(b): the most any feed could give over (b), 
 the same model step as (a) and also reads and augments its frames. Goals on a 2-core CPU:
 fine-tuning (c)/(b) >= 2 and (c)/(a) >= 0.9, DINO (c)/(b) >= 1.5.
 
-    python benchmarks/cpu_training.py            # ~6 minutes on 2 cores (1,600 frames rendered first)
-    python benchmarks/cpu_training.py --quick    # a smoke test of the code (tiny)
+Rounds: a shared 2-core host drifts by 10-20 % within minutes, more than the margins above
+(one run measured DINO's (c) at 53 img/s, the same recipe minutes later at 59-70). So (a), (b)
+and (c) are measured in rounds, in reverse order every other round (b, c, a then a, c, b: a
+steady drift then weighs on both sides alike); each ratio is taken within its round, and the
+last line gives each ratio's median over the rounds.
+
+    python benchmarks/cpu_training.py               # 3 rounds, ~15 minutes on 2 cores (1,600 frames rendered first)
+    python benchmarks/cpu_training.py --rounds 1    # ~6 minutes, one of each
+    python benchmarks/cpu_training.py --quick       # a smoke test of the code (tiny)
 """
 from __future__ import annotations
 
@@ -104,17 +111,28 @@ def recipe_rate(kind: str, yaml: str, overrides: dict, out: Path, warmup_steps: 
     return statistics.median(rates)
 
 
+def ratios(rates: dict[str, float]) -> dict[str, float]:
+    """One round's ratios: speedup (c)/(b), fed (c)/(a), ceiling (a)/(b)."""
+    return {"speedup": rates["after"] / rates["before"], "fed": rates["after"] / rates["alone"],
+            "ceiling": rates["alone"] / rates["before"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code, not the speed")
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per recipe run")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds of (a), (b), (c) each, in alternating order (default 3; --quick 2)")
     args = parser.parse_args(argv)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 3)
+    if rounds < 1:
+        parser.error(f"--rounds {rounds}: expected at least 1")
     # epochs of 50 steps: most 20-step windows hold no epoch end (a checkpoint), as in real runs
     # (the quickstart's epochs are 86-96 steps); with 20-step epochs every window held one
     steps, warmup, frames = (args.steps, 25, 1600) if not args.quick else (12, 4, 96)
     size = {"image_size": 32, "batch_size": 8} if args.quick else {}
     print(f"machine: {platform.processor() or platform.machine()}, {available_cores()} cores ({cpu_features()}); torch {torch.__version__}; "
-          f"{steps} steps per recipe run, rates after step {warmup}", flush=True)
+          f"{steps} steps per recipe run, rates after step {warmup}; {rounds} round(s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         raw, prepared = tmp / "raw", tmp / "prepared"
@@ -123,24 +141,40 @@ def main(argv=None) -> int:
         for split in ("Train", "Val"):
             cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared),
                  "--size", str(size.get("image_size", 64))])
-        rows = {}
-        for kind, yaml, cls in (("finetune", CONFIGS / "smoke_finetune.yaml", FinetuneConfig),
-                                ("dino", CONFIGS / "smoke_dino.yaml", PretrainConfig)):
-            common = {"max_steps": steps, "epochs": 50, **size}
-            former = {**FORMER, **({"augmentation": "paper"} if kind == "finetune" else {})}  # the former smoke config's
-            before = recipe_rate(kind, str(yaml), {**common, "data": str(raw), **former}, tmp / f"{kind}_before", warmup)
-            after = recipe_rate(kind, str(yaml), {**common, "data": str(prepared)}, tmp / f"{kind}_after", warmup)
-            cfg = load_config(cls, str(yaml), size)
-            torch.set_num_threads(available_cores())  # what the recipe chose for (c) with no workers
-            alone = model_step_rate(kind, cfg, steps=max(5, steps // 3), warmup=3)
-            rows[kind] = (alone, before, after)
-            print(f"{kind:9s} (a) step alone {alone:6.1f} img/s | (b) before {before:6.1f} img/s | "
-                  f"(c) after {after:6.1f} img/s | (c)/(b) {after / before:5.2f}x | (c)/(a) {after / alone:5.2f} | "
-                  f"ceiling (a)/(b) {alone / before:5.2f}x", flush=True)
-    ft, dino = rows["finetune"], rows["dino"]
-    print(f"finetune_speedup={ft[2] / ft[1]:.2f} finetune_fed={ft[2] / ft[0]:.2f} "
-          f"dino_speedup={dino[2] / dino[1]:.2f} dino_fed={dino[2] / dino[0]:.2f} "
-          f"dino_ceiling={dino[0] / dino[1]:.2f}")
+        measured: dict[str, list[dict[str, float]]] = {"finetune": [], "dino": []}
+        for r in range(rounds):
+            for kind, yaml, cls in (("finetune", CONFIGS / "smoke_finetune.yaml", FinetuneConfig),
+                                    ("dino", CONFIGS / "smoke_dino.yaml", PretrainConfig)):
+                common = {"max_steps": steps, "epochs": 50, **size}
+                former = {**FORMER, **({"augmentation": "paper"} if kind == "finetune" else {})}  # the former smoke config's
+                cfg = load_config(cls, str(yaml), size)
+
+                def measure(what: str) -> float:
+                    if what == "before":
+                        return recipe_rate(kind, str(yaml), {**common, "data": str(raw), **former}, tmp / f"{kind}_before", warmup)
+                    if what == "after":
+                        return recipe_rate(kind, str(yaml), {**common, "data": str(prepared)}, tmp / f"{kind}_after", warmup)
+                    torch.set_num_threads(available_cores())  # what the recipe chose for (c) with no workers
+                    return model_step_rate(kind, cfg, steps=max(5, steps // 3), warmup=3)
+
+                order = ("before", "after", "alone") if r % 2 == 0 else ("alone", "after", "before")
+                rates = {what: measure(what) for what in order}
+                measured[kind].append(rates)
+                q = ratios(rates)
+                print(f"round {r + 1}/{rounds} {kind:9s} (a) step alone {rates['alone']:6.1f} img/s | (b) before "
+                      f"{rates['before']:6.1f} img/s | (c) after {rates['after']:6.1f} img/s | (c)/(b) {q['speedup']:5.2f}x | "
+                      f"(c)/(a) {q['fed']:5.2f} | ceiling (a)/(b) {q['ceiling']:5.2f}x", flush=True)
+    medians = {kind: {name: statistics.median(ratios(rates)[name] for rates in runs) for name in ("speedup", "fed", "ceiling")}
+               for kind, runs in measured.items()}
+    for kind, runs in measured.items():
+        spread = {name: (min(ratios(x)[name] for x in runs), max(ratios(x)[name] for x in runs)) for name in ("speedup", "fed")}
+        print(f"{kind:9s} median of {rounds} round(s): (c)/(b) {medians[kind]['speedup']:.2f}x "
+              f"({spread['speedup'][0]:.2f}-{spread['speedup'][1]:.2f}) | (c)/(a) {medians[kind]['fed']:.2f} "
+              f"({spread['fed'][0]:.2f}-{spread['fed'][1]:.2f}) | ceiling (a)/(b) {medians[kind]['ceiling']:.2f}x")
+    ft, dino = medians["finetune"], medians["dino"]
+    print(f"finetune_speedup={ft['speedup']:.2f} finetune_fed={ft['fed']:.2f} "
+          f"dino_speedup={dino['speedup']:.2f} dino_fed={dino['fed']:.2f} "
+          f"dino_ceiling={dino['ceiling']:.2f} rounds={rounds}")
     return 0
 
 
