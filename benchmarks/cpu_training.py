@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         for split in ("Train", "Val"):
             cli(["prepare", "--data-root", str(raw), "--split", split, "--out", str(prepared),
                  "--size", str(size.get("image_size", 64))])
-        measured: dict[str, list[dict[str, float]]] = {"finetune": [], "dino": []}
+        per_round: dict[str, list[dict[str, float]]] = {"finetune": [], "dino": []}  # each round's ratios
         for r in range(rounds):
             for kind, yaml, cls in (("finetune", CONFIGS / "smoke_finetune.yaml", FinetuneConfig),
                                     ("dino", CONFIGS / "smoke_dino.yaml", PretrainConfig)):
@@ -159,18 +159,18 @@ def main(argv=None) -> int:
 
                 order = ("before", "after", "alone") if r % 2 == 0 else ("alone", "after", "before")
                 rates = {what: measure(what) for what in order}
-                measured[kind].append(rates)
                 q = ratios(rates)
+                per_round[kind].append(q)
                 print(f"round {r + 1}/{rounds} {kind:9s} (a) step alone {rates['alone']:6.1f} img/s | (b) before "
                       f"{rates['before']:6.1f} img/s | (c) after {rates['after']:6.1f} img/s | (c)/(b) {q['speedup']:5.2f}x | "
                       f"(c)/(a) {q['fed']:5.2f} | ceiling (a)/(b) {q['ceiling']:5.2f}x", flush=True)
-    medians = {kind: {name: statistics.median(ratios(rates)[name] for rates in runs) for name in ("speedup", "fed", "ceiling")}
-               for kind, runs in measured.items()}
-    for kind, runs in measured.items():
-        spread = {name: (min(ratios(x)[name] for x in runs), max(ratios(x)[name] for x in runs)) for name in ("speedup", "fed")}
+    medians = {}
+    for kind, qs in per_round.items():
+        values = {name: [q[name] for q in qs] for name in ("speedup", "fed", "ceiling")}
+        medians[kind] = {name: statistics.median(v) for name, v in values.items()}
         print(f"{kind:9s} median of {rounds} round(s): (c)/(b) {medians[kind]['speedup']:.2f}x "
-              f"({spread['speedup'][0]:.2f}-{spread['speedup'][1]:.2f}) | (c)/(a) {medians[kind]['fed']:.2f} "
-              f"({spread['fed'][0]:.2f}-{spread['fed'][1]:.2f}) | ceiling (a)/(b) {medians[kind]['ceiling']:.2f}x")
+              f"({min(values['speedup']):.2f}-{max(values['speedup']):.2f}) | (c)/(a) {medians[kind]['fed']:.2f} "
+              f"({min(values['fed']):.2f}-{max(values['fed']):.2f}) | ceiling (a)/(b) {medians[kind]['ceiling']:.2f}x")
     ft, dino = medians["finetune"], medians["dino"]
     print(f"finetune_speedup={ft['speedup']:.2f} finetune_fed={ft['fed']:.2f} "
           f"dino_speedup={dino['speedup']:.2f} dino_fed={dino['fed']:.2f} "

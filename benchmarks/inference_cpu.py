@@ -206,12 +206,12 @@ def main(argv=None) -> int:
 
         # -- baseline: the stock pipeline, fed paths, at its best batch size ----------------------
         classify = pipeline("image-classification", model=str(model_dir), top_k=17, device="cpu")
-        base_rate, base_scores = 0.0, None
+        base_rate, base_scores, best_bs = 0.0, None, None
         for bs in ((16,) if args.quick else (8, 16, 32)):
             rate, out = _rate(lambda bs=bs: classify(paths, batch_size=bs), n_images, repeats)
             rows.append((f"stock pipeline, batch_size={bs}", rate, ""))
             if rate > base_rate:
-                base_rate, base_scores = rate, _pipeline_scores(out)
+                base_rate, base_scores, best_bs = rate, _pipeline_scores(out), bs
 
         def ours(clf, workers=None, batch_size=batch):
             return lambda: clf.predict_files(paths, batch_size=batch_size, workers=workers, progress=False)[0]
@@ -227,7 +227,6 @@ def main(argv=None) -> int:
         # The headline ratio, in interleaved rounds: one pass of ~2-s measurements moved it from
         # x2.48 to x1.84 between two runs on one idle machine. Each round measures the pipeline
         # (at its best batch size) and the default next to each other, in alternating order.
-        best_bs = int(max((r for r in rows if r[0].startswith("stock pipeline")), key=lambda r: r[1])[0].split("=")[1])
         headline = []  # (pipeline, default) img/s per round
         for r in range(args.rounds):
             pair = {}
