@@ -49,6 +49,10 @@ class RunConfig:
     # torch threads on a CPU; None = the cores this process may use (split between processes
     # and loader workers). On a busy 2-core machine 2 threads can be slower than 1: measure
     cpu_threads: Optional[int] = None
+    # decoded training frames kept in memory after their first read, in MB per process, when
+    # the loader reads in the training process (0 workers: prepared small shards on a CPU) and
+    # the whole split fits; None = up to a quarter of the memory available, at most 4096; 0 = off
+    keep_frames_mb: Optional[int] = None
     # where a training batch is made (sewer_hf.feed.pipeline.resolve_feed): auto = the paper's
     # augmentations drawn batched in the training process, the CPU included (loader workers
     # only decode), with the next batches prepared in a background thread on CUDA when there is
@@ -224,6 +228,7 @@ DOMAINS: dict[str, Domain] = {
     "synthetic_defect_fraction": UNIT,
     "num_workers": NON_NEGATIVE,  # or none: chosen per machine
     "cpu_threads": AT_LEAST_ONE,  # or none: chosen per machine
+    "keep_frames_mb": NON_NEGATIVE,  # or none: chosen per machine
     "image_size": Domain(16, multiple_of=16),
     "drop_path_rate": Domain(0, 1, hi_open=True),
     "epochs": AT_LEAST_ONE,

@@ -452,6 +452,39 @@ def test_torch_dataset_reads_a_batch_as_its_items(tmp_path):
         assert got[0] is None and got[2]["index"] == 0 and same_items(got, [ds[i] for i in order]), kwargs
 
 
+def test_torch_dataset_keeps_decoded_frames_and_reads_each_once(tmp_path, monkeypatch):
+    """keep_decoded: the items of later epochs come from memory, equal to a fresh read (pixels,
+    labels, index; unreadable images None again, without another decode); what the collate
+    hands on is a copy; refused for a split too large, a random or per-image transform, or
+    encoded bytes."""
+    import sewer_hf.data.torch_dataset as data
+    from sewer_hf.feed.augment import DecodeForGPU
+
+    root = make_root(tmp_path, VAL_CSV)
+    rows = read_rows(VAL_CSV)
+    (root / rows[2]["Filename"]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    hf = load_sewer_ml(root, "Val")
+    order = [5, 2, 0, 19, 5]
+    for with_labels in (True, False):
+        fresh = data.SewerTorchDataset(hf, DecodeForGPU(16), with_labels=with_labels)
+        kept = data.SewerTorchDataset(hf, DecodeForGPU(16), with_labels=with_labels)
+        assert kept.keep_decoded(20 * 3 * 16 * 16)  # the whole split, to the byte
+        expected = [fresh[i] for i in order]
+        assert same_items(kept.__getitems__(order), expected)  # the first read fills the cache
+        decodes = []
+        monkeypatch.setattr(data, "decode_rgb", lambda image: decodes.append(image))
+        again = kept.__getitems__(order)
+        assert same_items(again, expected) and decodes == [] and again[1] is None, with_labels
+        batch = collate_skip_bad(again)
+        batch["pixel_values"].zero_()  # the loop's batch is its own: the kept frames stay
+        assert same_items(kept.__getitems__(order), expected)
+        assert kept[3] is None and decodes == [hf.cast_column("image", datasets.Image(decode=False))[3]["image"]]
+        monkeypatch.undo()
+    assert not data.SewerTorchDataset(hf, DecodeForGPU(16)).keep_decoded(20 * 3 * 16 * 16 - 1)
+    assert not data.SewerTorchDataset(hf, to_tensor).keep_decoded(2**30)
+    assert not data.SewerTorchDataset(hf, encoded=True).keep_decoded(2**30)
+
+
 def test_torch_dataset_hands_over_encoded_bytes(tmp_path):
     """encoded=True: the file's bytes, undecoded, as a numpy array (kept off the device by
     accelerate); an empty file is skipped like a corrupt one."""

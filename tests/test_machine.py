@@ -1,5 +1,6 @@
 """Fitting a run to the machine (sewer_hf.feed.machine): loader workers and torch threads follow the
 measured cost of reading a frame, and every choice can be overridden."""
+import os
 import time
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from sewer_hf.feed import machine
 from sewer_hf.feed.machine import MAIN_PROCESS_READ_MS, plan_for_machine, read_cost_ms
 
 REAL_AVAILABLE_CORES = machine.available_cores
+REAL_MEMORY_AVAILABLE_MB = machine.memory_available_mb
 
 
 class Frames(torch.utils.data.Dataset):
@@ -98,3 +100,44 @@ def test_data_commands_size_their_processes_by_the_allowed_cores_without_torch()
             "print(DEFAULT_CHECK_WORKERS, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "False"]
+
+
+def test_kept_frames_budget_follows_the_memory_and_the_key(monkeypatch):
+    """keep_frames_mb: None -> a quarter of the memory available, at most MAX_KEPT_FRAMES_MB,
+    shared by the machine's processes (nothing where the memory is unknown); a number stands."""
+    two_processes = SimpleNamespace(device=torch.device("cpu"), num_processes=2)
+    monkeypatch.setattr(machine, "memory_available_mb", lambda: 1000.0)
+    assert machine.kept_frames_budget(FinetuneConfig(), CPU) == 250 * 2**20
+    assert machine.kept_frames_budget(FinetuneConfig(), two_processes) == 125 * 2**20
+    monkeypatch.setattr(machine, "memory_available_mb", lambda: 10**6)
+    assert machine.kept_frames_budget(FinetuneConfig(), CPU) == machine.MAX_KEPT_FRAMES_MB * 2**20
+    monkeypatch.setattr(machine, "memory_available_mb", lambda: None)
+    assert machine.kept_frames_budget(FinetuneConfig(), CPU) == 0
+    assert machine.kept_frames_budget(FinetuneConfig(keep_frames_mb=3), CPU) == 3 * 2**20
+    if os.path.exists("/proc/meminfo"):  # Linux: read from there, in MB
+        assert 0 < REAL_MEMORY_AVAILABLE_MB() < 2**30
+
+
+def test_the_feed_keeps_frames_read_in_the_training_process(tmp_path, monkeypatch):
+    """make_train_feed keeps the decoded frames when the loader reads in this process and says
+    so in the run's opening line; not with loader workers, nor with keep_frames_mb 0."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from sewer_hf.feed.pipeline import make_train_feed
+
+    images = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(path)
+        images.append(str(path))
+    hf = datasets.Dataset.from_dict({"image": images, "labels": [[0.0] * 17] * 6}).cast_column("image", datasets.Image())
+    monkeypatch.setattr(machine, "memory_available_mb", lambda: 1000.0)
+    build = dict(cpu_transform=lambda: None, batched_augment=lambda dtype: torch.nn.Identity(), decode_size=16)
+    feed = make_train_feed(FinetuneConfig(num_workers=0), CPU, hf, **build)
+    assert feed.dataset.kept is not None and "decoded frames kept in memory" in feed.describe()
+    assert feed.dataset[4]["pixel_values"].unique().tolist() == [160] and feed.dataset.kept.has(4)
+    for cfg in (FinetuneConfig(num_workers=1), FinetuneConfig(num_workers=0, keep_frames_mb=0)):
+        feed = make_train_feed(cfg, CPU, hf, **build)
+        assert feed.dataset.kept is None and "kept in memory" not in feed.describe()

@@ -269,8 +269,10 @@ def test_browser_example_gives_verdict_and_attention_and_findings_jump(served, s
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(served.local_url, wait_until="networkidle")
-            assert page.get_by_text("Trained on synthetic frames").is_visible()
-            assert page.locator("#legend").get_by_text(L.CLASS_DESCRIPTIONS["RO"]).is_visible()
+            # wait_for: visible within the timeout (is_visible does not wait; on a busy machine the
+            # page could still be rendering after "networkidle", and the check failed once)
+            page.get_by_text("Trained on synthetic frames").wait_for(timeout=30_000)
+            page.locator("#legend").get_by_text(L.CLASS_DESCRIPTIONS["RO"]).wait_for(timeout=30_000)
             page.get_by_text(space_app.example_label(EXAMPLE), exact=True).click()
             page.locator("#verdict").get_by_text(L.CLASS_NAMES["RB"]).wait_for(timeout=30_000)
             page.locator("#attention img").wait_for(timeout=30_000)

@@ -3,7 +3,7 @@ that drops them, and the counter of what was skipped."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import datasets
 import numpy as np
@@ -44,21 +44,48 @@ class SewerTorchDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.with_labels = with_labels
         self.encoded = encoded
+        self.kept: Optional[_KeptFrames] = None  # see keep_decoded
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def keep_decoded(self, max_bytes: int) -> bool:
+        """Keep every item's decoded pixels (and labels) in memory once read, so later epochs
+        skip the table, the PNG and PIL: the 64-px frames of a CPU run cost ~0.2-0.4 ms each to
+        read, 3-7 % of a fine-tuning step, and a quickstart split holds 37.7 MB of them. Only
+        for a fixed-size, deterministic transform (``DecodeForGPU``: the batched feed decodes
+        and resizes, the augmentation comes later) and a split whose pixels fit ``max_bytes``;
+        returns whether it keeps them. An unreadable image stays ``None`` in every epoch (and
+        is counted each time), without being decoded again. For a dataset read in this process:
+        a loader worker's copy would be lost at the end of each epoch."""
+        from sewer_hf.feed.augment import DecodeForGPU
+
+        if self.encoded or not isinstance(self.transform, DecodeForGPU):
+            return False
+        size = self.transform.size
+        if len(self) * 3 * size * size > max_bytes:
+            return False
+        self.kept = _KeptFrames(len(self), size, self.with_labels)
+        return True
+
     def __getitem__(self, index: int):
-        row = self.dataset[int(index)]
-        return self._item(int(index), row["image"], row["labels"] if self.with_labels else None)
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices) -> list:
         """A batch's items from one read of the table (the DataLoader calls this when it is
-        there): rows read one at a time cost ~0.06 ms each, a quarter of reading a 64-px frame."""
+        there): rows read one at a time cost ~0.06 ms each, a quarter of reading a 64-px frame.
+        Items kept in memory (``keep_decoded``) are not read again."""
         indices = [int(i) for i in indices]
-        rows = self.dataset[indices]
-        labels = rows["labels"] if self.with_labels else [None] * len(indices)
-        return [self._item(i, image, row_labels) for i, image, row_labels in zip(indices, rows["image"], labels)]
+        to_read = indices if self.kept is None else [i for i in indices if not self.kept.has(i)]
+        items = {}
+        if to_read:
+            rows = self.dataset[to_read]
+            labels = rows["labels"] if self.with_labels else [None] * len(to_read)
+            for i, image, row_labels in zip(to_read, rows["image"], labels):
+                items[i] = self._item(i, image, row_labels)
+                if self.kept is not None:
+                    self.kept.put(i, items[i])
+        return [items[i] if i in items else self.kept.get(i) for i in indices]
 
     def _item(self, index: int, image: dict, labels):
         if self.encoded:  # the bytes, undecoded: the batch is decoded on the training device
@@ -75,6 +102,40 @@ class SewerTorchDataset(torch.utils.data.Dataset):
             item = {"pixel_values": self.transform(img) if self.transform else img, "index": index}
         if self.with_labels:
             item["labels"] = torch.tensor(labels, dtype=torch.float32)
+        return item
+
+
+class _KeptFrames:
+    """The decoded items of a split, filled as they are first read (``keep_decoded``)."""
+
+    UNREAD, KEPT, UNREADABLE = 0, 1, 2
+
+    def __init__(self, n: int, size: int, with_labels: bool) -> None:
+        self.pixels = torch.empty((n, 3, size, size), dtype=torch.uint8)
+        self.with_labels = with_labels
+        self.labels: Optional[torch.Tensor] = None  # (n, classes), made at the first item
+        self.state = np.zeros(n, dtype=np.uint8)
+
+    def has(self, index: int) -> bool:
+        return self.state[index] != self.UNREAD
+
+    def put(self, index: int, item: Optional[dict]) -> None:
+        if item is None:
+            self.state[index] = self.UNREADABLE
+            return
+        self.pixels[index] = item["pixel_values"]
+        if self.with_labels:
+            if self.labels is None:
+                self.labels = torch.empty((len(self.state), len(item["labels"])), dtype=torch.float32)
+            self.labels[index] = item["labels"]
+        self.state[index] = self.KEPT
+
+    def get(self, index: int) -> Optional[dict]:
+        if self.state[index] == self.UNREADABLE:
+            return None
+        item = {"pixel_values": self.pixels[index], "index": index}  # a view: the collate's stack copies it
+        if self.with_labels:
+            item["labels"] = self.labels[index]
         return item
 
 

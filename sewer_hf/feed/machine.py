@@ -129,6 +129,34 @@ def read_cost_ms(dataset, items: int = PROBE_ITEMS) -> float:
     return 1000.0 * sorted(times)[len(times) // 2]
 
 
+# keep_frames_mb: None -> a quarter of the memory available, at most this much (per machine)
+MAX_KEPT_FRAMES_MB = 4096
+
+
+def memory_available_mb() -> Optional[float]:
+    """The memory this machine can still give without swapping (``MemAvailable``), in MB; None
+    where it cannot be read (not on Linux)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def kept_frames_budget(cfg: Any, accelerator) -> int:
+    """Bytes of decoded frames each training process may keep in memory (``keep_frames_mb``;
+    None: a quarter of the memory available now, at most ``MAX_KEPT_FRAMES_MB``, shared by this
+    machine's processes; nothing where the available memory is unknown)."""
+    mb = cfg.keep_frames_mb
+    if mb is None:
+        available = memory_available_mb()
+        mb = 0 if available is None else min(MAX_KEPT_FRAMES_MB, available / 4) / local_processes(accelerator)
+    return int(mb * 2**20)
+
+
 @dataclass
 class MachinePlan:
     """How the run uses the machine's cores, and why (printed in the run's opening line)."""

@@ -24,7 +24,7 @@ from sewer_hf.errors import ConfigError
 from sewer_hf.feed.augment import DecodeForGPU
 from sewer_hf.feed.batched import compile_augment
 from sewer_hf.feed.device import DevicePrefetcher, decode_batch_skipping
-from sewer_hf.feed.machine import MachinePlan, plan_for_machine
+from sewer_hf.feed.machine import MachinePlan, kept_frames_budget, plan_for_machine
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class TrainFeed:
     decode_size: Optional[int] = None  # the square that encoded images are decoded to on the device
     seed: int = 0
     plan: Optional[MachinePlan] = None  # loader workers and torch threads for this machine
+    kept_mb: Optional[float] = None  # decoded frames kept in memory after their first read (MB), if so
 
     @property
     def workers(self) -> int:
@@ -111,7 +112,8 @@ class TrainFeed:
             where = ("batched on the " + ("CPU" if self.plan is not None and self.plan.threads is not None else "device")
                      + (", images decoded there" if self.layout.decode_on_device else "")
                      + (", the next batches prepared in a background thread" if self.layout.thread else ""))
-        return where + (f"; {self.plan.describe()}" if self.plan is not None else "")
+        kept = f"; decoded frames kept in memory after their first read ({self.kept_mb:.1f} MB)" if self.kept_mb else ""
+        return where + (f"; {self.plan.describe()}" if self.plan is not None else "") + kept
 
 
 def make_train_feed(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[], Any],
@@ -130,7 +132,12 @@ def make_train_feed(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[
         augment = compile_augment(augment)
     transform = None if layout.decode_on_device else DecodeForGPU(decode_size)
     dataset = SewerTorchDataset(hf_dataset, transform, with_labels=with_labels, encoded=layout.decode_on_device)
-    return TrainFeed(dataset, layout, augment, decode_size, cfg.seed, plan_for_machine(cfg, accelerator, dataset))
+    plan = plan_for_machine(cfg, accelerator, dataset)
+    kept_mb = None
+    # read in this process (no workers), every later epoch can come from memory
+    if plan.workers == 0 and dataset.keep_decoded(kept_frames_budget(cfg, accelerator)):
+        kept_mb = dataset.kept.pixels.numel() / 2**20
+    return TrainFeed(dataset, layout, augment, decode_size, cfg.seed, plan, kept_mb)
 
 
 def make_train_loader(feed: TrainFeed, cfg: Any, collate_fn, sampler: Optional[torch.utils.data.Sampler] = None):
