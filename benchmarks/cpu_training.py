@@ -9,9 +9,11 @@ batch 32, the smoke configs):
       augmentations per image (PIL) in 2 loader workers, 2 torch threads;
   (c) after: the recipe with its defaults on frames read at the size they train on
       (`sewer-hf prepare --size 64` shards): augmentation batched on the CPU, workers and
-      threads chosen by `sewer_hf.feed.machine` (reading a 64-px frame is cheap: no workers).
+      threads chosen by `sewer_hf.feed.machine` (reading a 64-px frame is cheap: no workers;
+      so each frame is read from its shard once, in the first epoch, and kept decoded in memory).
 (b) and (c) run the real `pretrain()` / `finetune()` with `max_steps`; their rate is the median
-img/s the progress bar reports (20-step windows) after a warm-up, so loading, augmentation,
+img/s the progress bar reports (20-step windows) from step 60 on (the second of the 50-step
+epochs and later: the steady state, as in 8 of the quickstart's 9 fine-tuning epochs), so loading, augmentation,
 the step, the weight average, logging and the epoch-end checkpoints (one per 50 steps) all count;
 scoring does not
 (fine-tuning scores once, after the last step; DINO runs without its kNN and RankMe checks).
@@ -25,8 +27,8 @@ and (c) are measured in rounds, in reverse order every other round (b, c, a then
 steady drift then weighs on both sides alike); each ratio is taken within its round, and the
 last line gives each ratio's median over the rounds.
 
-    python benchmarks/cpu_training.py               # 3 rounds, ~15 minutes on 2 cores (1,600 frames rendered first)
-    python benchmarks/cpu_training.py --rounds 1    # ~6 minutes, one of each
+    python benchmarks/cpu_training.py               # 3 rounds, ~20 minutes on 2 cores (1,600 frames rendered first)
+    python benchmarks/cpu_training.py --rounds 1    # ~8 minutes, one of each
     python benchmarks/cpu_training.py --quick       # a smoke test of the code (tiny)
 """
 from __future__ import annotations
@@ -120,7 +122,7 @@ def ratios(rates: dict[str, float]) -> dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code, not the speed")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per recipe run")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per recipe run")
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of (a), (b), (c) each, in alternating order (default 3; --quick 2)")
     args = parser.parse_args(argv)
@@ -128,8 +130,11 @@ def main(argv=None) -> int:
     if rounds < 1:
         parser.error(f"--rounds {rounds}: expected at least 1")
     # epochs of 50 steps: most 20-step windows hold no epoch end (a checkpoint), as in real runs
-    # (the quickstart's epochs are 86-96 steps); with 20-step epochs every window held one
-    steps, warmup, frames = (args.steps, 25, 1600) if not args.quick else (12, 4, 96)
+    # (the quickstart's epochs are 86-96 steps); with 20-step epochs every window held one.
+    # Rates from step 60 on: (c) reads its frames from the shards in its first epoch only
+    steps, warmup, frames = (args.steps, 60, 1600) if not args.quick else (12, 4, 96)
+    if steps <= warmup:
+        parser.error(f"--steps {steps}: expected more than the {warmup} steps before the rates are read")
     size = {"image_size": 32, "batch_size": 8} if args.quick else {}
     print(f"machine: {platform.processor() or platform.machine()}, {available_cores()} cores ({cpu_features()}); torch {torch.__version__}; "
           f"{steps} steps per recipe run, rates after step {warmup}; {rounds} round(s)", flush=True)
