@@ -150,6 +150,18 @@ def test_batch_augmentation_on_the_device_path(tiny_data, tmp_path):
     assert all(torch.equal(inline[k], thread[k]) for k in inline)
 
 
+def test_frames_kept_in_memory_train_exactly_as_frames_read_again(tiny_data, tmp_path, capsys):
+    """keep_frames_mb: the second epoch reads its frames (and the hybrid labels) from memory; the
+    run is the same, to the bit, as one that decodes every frame again in every epoch."""
+    common = dict(epochs=2, decode_size=48, hybrid=True, knn_eval=False, rankme_samples=0, save_every_steps=100)
+    run(tiny_data, tmp_path / "kept", **common)
+    assert "decoded frames kept in memory after their first read" in capsys.readouterr().out
+    run(tiny_data, tmp_path / "read", keep_frames_mb=0, **common)
+    assert "kept in memory" not in capsys.readouterr().out
+    kept, read = (load_file(str(tmp_path / name / "dino" / "student.safetensors")) for name in ("kept", "read"))
+    assert kept.keys() == read.keys() and all(torch.equal(kept[k], read[k]) for k in kept)
+
+
 def test_images_decoded_on_the_device_feed_the_views(tiny_data, tmp_path):
     """decode_on_device with hybrid labels: workers hand over the files' bytes, the feed decodes
     them to decode_size squares and augments them."""
