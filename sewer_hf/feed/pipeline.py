@@ -3,7 +3,9 @@
     feed (config)  -> resolve_feed: where the augmentation runs (per image in the loader workers,
                       or batched in the training process), whether a thread prepares the next
                       batch, whether files are decoded on the device
-    the machine    -> plan_for_machine: loader workers and torch threads for these cores
+    the machine    -> plan_for_machine: loader workers and torch threads for these cores; with
+                      no workers, the decoded frames kept in memory after their first read
+                      (keep_frames_mb: later epochs read no file)
     the split      -> TrainFeed: the torch Dataset the DataLoader reads, and the batched
                       augmentation (feed.batched, from the same spec as feed.augment's CPU one)
     every epoch    -> train_batches: the loader's batches, decoded (decode_on_device) and
