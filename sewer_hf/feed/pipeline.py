@@ -100,7 +100,6 @@ class TrainFeed:
     decode_size: Optional[int] = None  # the square that encoded images are decoded to on the device
     seed: int = 0
     plan: Optional[MachinePlan] = None  # loader workers and torch threads for this machine
-    kept_mb: Optional[float] = None  # decoded frames kept in memory after their first read (MB), if so
 
     @property
     def workers(self) -> int:
@@ -114,7 +113,9 @@ class TrainFeed:
             where = ("batched on the " + ("CPU" if self.plan is not None and self.plan.threads is not None else "device")
                      + (", images decoded there" if self.layout.decode_on_device else "")
                      + (", the next batches prepared in a background thread" if self.layout.thread else ""))
-        kept = f"; decoded frames kept in memory after their first read ({self.kept_mb:.1f} MB)" if self.kept_mb else ""
+        kept_frames = getattr(self.dataset, "kept", None)  # SewerTorchDataset.keep_decoded
+        kept = (f"; decoded frames kept in memory after their first read ({kept_frames.pixels.numel() / 2**20:.1f} MB)"
+                if kept_frames is not None else "")
         return where + (f"; {self.plan.describe()}" if self.plan is not None else "") + kept
 
 
@@ -135,11 +136,9 @@ def make_train_feed(cfg: Any, accelerator, hf_dataset, cpu_transform: Callable[[
     transform = None if layout.decode_on_device else DecodeForGPU(decode_size)
     dataset = SewerTorchDataset(hf_dataset, transform, with_labels=with_labels, encoded=layout.decode_on_device)
     plan = plan_for_machine(cfg, accelerator, dataset)
-    kept_mb = None
-    # read in this process (no workers), every later epoch can come from memory
-    if plan.workers == 0 and dataset.keep_decoded(kept_frames_budget(cfg, accelerator)):
-        kept_mb = dataset.kept.pixels.numel() / 2**20
-    return TrainFeed(dataset, layout, augment, decode_size, cfg.seed, plan, kept_mb)
+    if plan.workers == 0:  # read in this process: every later epoch can come from memory
+        dataset.keep_decoded(kept_frames_budget(cfg, accelerator))
+    return TrainFeed(dataset, layout, augment, decode_size, cfg.seed, plan)
 
 
 def make_train_loader(feed: TrainFeed, cfg: Any, collate_fn, sampler: Optional[torch.utils.data.Sampler] = None):
