@@ -25,7 +25,7 @@ Rounds: a shared 2-core host drifts by 10-20 % within minutes, more than the mar
 (one run measured DINO's (c) at 53 img/s, the same recipe minutes later at 59-70). So (a), (b)
 and (c) are measured in rounds, in reverse order every other round (b, c, a then a, c, b: a
 steady drift then weighs on both sides alike); each ratio is taken within its round, and the
-last line gives each ratio's median over the rounds.
+last line gives each ratio's median over the rounds and its range (``_min``, ``_max``).
 
     python benchmarks/cpu_training.py               # 3 rounds, ~20 minutes on 2 cores (1,600 frames rendered first)
     python benchmarks/cpu_training.py --rounds 1    # ~8 minutes, one of each
@@ -169,17 +169,18 @@ def main(argv=None) -> int:
                 print(f"round {r + 1}/{rounds} {kind:9s} (a) step alone {rates['alone']:6.1f} img/s | (b) before "
                       f"{rates['before']:6.1f} img/s | (c) after {rates['after']:6.1f} img/s | (c)/(b) {q['speedup']:5.2f}x | "
                       f"(c)/(a) {q['fed']:5.2f} | ceiling (a)/(b) {q['ceiling']:5.2f}x", flush=True)
-    medians = {}
+    last = {}  # the last line's key=value pairs (cpu_goals.py reads them)
     for kind, qs in per_round.items():
         values = {name: [q[name] for q in qs] for name in ("speedup", "fed", "ceiling")}
-        medians[kind] = {name: statistics.median(v) for name, v in values.items()}
-        print(f"{kind:9s} median of {rounds} round(s): (c)/(b) {medians[kind]['speedup']:.2f}x "
-              f"({min(values['speedup']):.2f}-{max(values['speedup']):.2f}) | (c)/(a) {medians[kind]['fed']:.2f} "
-              f"({min(values['fed']):.2f}-{max(values['fed']):.2f}) | ceiling (a)/(b) {medians[kind]['ceiling']:.2f}x")
-    ft, dino = medians["finetune"], medians["dino"]
-    print(f"finetune_speedup={ft['speedup']:.2f} finetune_fed={ft['fed']:.2f} "
-          f"dino_speedup={dino['speedup']:.2f} dino_fed={dino['fed']:.2f} "
-          f"dino_ceiling={dino['ceiling']:.2f} rounds={rounds}")
+        med = {name: statistics.median(v) for name, v in values.items()}
+        print(f"{kind:9s} median of {rounds} round(s): (c)/(b) {med['speedup']:.2f}x "
+              f"({min(values['speedup']):.2f}-{max(values['speedup']):.2f}) | (c)/(a) {med['fed']:.2f} "
+              f"({min(values['fed']):.2f}-{max(values['fed']):.2f}) | ceiling (a)/(b) {med['ceiling']:.2f}x")
+        for name in ("speedup", "fed"):
+            last.update({f"{kind}_{name}": med[name], f"{kind}_{name}_min": min(values[name]),
+                         f"{kind}_{name}_max": max(values[name])})
+    last["dino_ceiling"] = med["ceiling"]  # dino is the last kind
+    print(" ".join(f"{key}={value:.2f}" for key, value in last.items()) + f" rounds={rounds}")
     return 0
 
 
